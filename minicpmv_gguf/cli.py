@@ -1,0 +1,75 @@
+"""The `minicpmv-gguf` command line: thin click commands over the library functions."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import ToolkitError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ToolkitError as err:  # user-fixable: one line, no traceback
+            raise click.ClickException(str(err)) from err
+        except KeyboardInterrupt:
+            click.echo("interrupted; no output was left under its final name", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="minicpmv-gguf")
+@click.option("-v", "--verbose", is_flag=True, help="Log more detail.")
+def cli(verbose: bool) -> None:
+    """Convert MiniCPM-V 4.6 to GGUF for llama.cpp.
+
+    \b
+        minicpmv-gguf convert ./MiniCPM-V-4_6 -o lm.gguf
+        minicpmv-gguf convert ./MiniCPM-V-4_6 -o lm-f16.gguf --outtype f16
+        minicpmv-gguf convert ./MiniCPM-V-4_6 -o lm.gguf --dry-run
+    """
+    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING, stream=sys.stderr)
+    logging.getLogger("minicpmv_gguf").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The LM GGUF to write.")
+@click.option("--outtype", type=click.Choice(["auto", "f32", "f16", "bf16", "q8_0"]), default="auto",
+              show_default=True, help="auto keeps the checkpoint's own float type (lossless).")
+@click.option("--dry-run", is_flag=True, help="Print the tensor plan; write nothing.")
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+@click.option("--name", help="general.name (default: the checkpoint directory's name).")
+@click.option("--source-url", help="general.source.url (default: from config.json _name_or_path).")
+def convert(checkpoint: Path, out: Path, outtype: str, dry_run: bool, force: bool,
+            name: str | None, source_url: str | None) -> None:
+    """Write the language-model GGUF (qwen35) of a MiniCPM-V 4.6 checkpoint."""
+    from .convert_hf_to_gguf import plan_lm, write_lm
+    from .gguf_io import check_output
+
+    if not dry_run:
+        check_output(out, overwrite=force)  # fail before reading the checkpoint
+    plan = plan_lm(checkpoint, outtype=outtype)
+    if dry_run:
+        for row in plan.rows:
+            click.echo(f"{row.hf_name} -> {row.gguf_name}  {row.source_dtype} -> {row.ggml_type}  {list(row.shape)}")
+        click.echo(plan.summary())
+        return
+    with click.progressbar(length=plan.n_bytes, label="writing tensors", file=sys.stderr) as bar:
+        result = write_lm(plan, out, overwrite=force, name=name, source_url=source_url,
+                          progress=lambda n, _name: bar.update(n))
+    click.echo(result.summary())
+
+
+def main() -> None:
+    cli(prog_name="minicpmv-gguf")
+
+
+if __name__ == "__main__":
+    main()
