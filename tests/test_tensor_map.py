@@ -9,11 +9,18 @@ import gguf
 import pytest
 
 from minicpmv_gguf.checkpoint import open_checkpoint
-from minicpmv_gguf.convert_hf_to_gguf.tensor_map import LM, lm_rules, plan_tensors
+from minicpmv_gguf.convert_hf_to_gguf.tensor_map import LM, SKIP_PREFIXES, lm_rules
 from minicpmv_gguf.errors import TensorMapError
+from minicpmv_gguf.tensor_plan import plan_tensors
 
 # HF names gguf-py spells differently; each mapped by hand in our table, for the stated reason.
 ORACLE_RENAMES = {".linear_attn.dt_bias": ".linear_attn.dt_proj.bias"}  # llama.cpp renames dt_bias first
+
+
+def _plan(ckpt, tensors):
+    c = ckpt.text
+    return plan_tensors(tensors.values(), lm_rules(c), c, n_blocks=c.num_hidden_layers, layer_types=c.layer_types,
+                        skip_prefixes=SKIP_PREFIXES)
 
 
 def test_every_rule_agrees_with_gguf_py(tiny_ckpt):
@@ -33,15 +40,15 @@ def test_every_rule_agrees_with_gguf_py(tiny_ckpt):
 def test_one_dimensional_tensors_are_f32(tiny_ckpt):
     # llama.cpp's quantizer never touches 1-D tensors, so they must be F32 already.
     ckpt = open_checkpoint(tiny_ckpt)
-    planned, _ = plan_tensors(ckpt.tensors.values(), lm_rules(ckpt.text), ckpt.text)
-    assert all(p.f32 for p in planned if len(p.gguf_shape) == 1)
-    assert {p.gguf_name for p in planned if p.f32 and len(p.gguf_shape) > 1} == {
+    planned, _ = _plan(ckpt, ckpt.tensors)
+    assert all(p.dtype == "f32" for p in planned if len(p.gguf_shape) == 1)
+    assert {p.gguf_name for p in planned if p.dtype == "f32" and len(p.gguf_shape) > 1} == {
         f"blk.{b}.ssm_conv1d.weight" for b, t in enumerate(ckpt.text.layer_types) if t == "linear_attention"}
 
 
 def test_plan_covers_every_lm_tensor_and_skips_the_vision_half(tiny_ckpt):
     ckpt = open_checkpoint(tiny_ckpt)
-    planned, skipped = plan_tensors(ckpt.tensors.values(), lm_rules(ckpt.text), ckpt.text)
+    planned, skipped = _plan(ckpt, ckpt.tensors)
     assert {p.hf_name for p in planned} | set(skipped) == set(ckpt.tensors)
     assert all(n.startswith(("model.vision_tower.", "model.merger.")) for n in skipped)
     assert len({p.gguf_name for p in planned}) == len(planned)
@@ -52,7 +59,7 @@ def _plan_with(ckpt_path: Path, edit):
     ckpt = open_checkpoint(ckpt_path)
     tensors = dict(ckpt.tensors)
     edit(tensors)
-    return plan_tensors(tensors.values(), lm_rules(ckpt.text), ckpt.text)
+    return _plan(ckpt, tensors)
 
 
 def test_all_offenders_are_listed_in_one_error(tiny_ckpt):

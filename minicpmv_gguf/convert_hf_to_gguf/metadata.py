@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from gguf import GGUFValueType as T
 
-from .. import __version__
 from ..checkpoint import TextConfig
 from ..gguf_io import KV
 from .vocab import Vocab
@@ -62,20 +61,4 @@ def tokenizer_kvs(v: Vocab) -> list[KV]:
         KV("tokenizer.ggml.add_eos_token", False, T.BOOL),
         KV("tokenizer.chat_template", v.chat_template, T.STRING),
     ]
-    return rows
-
-
-def general_kvs(*, name: str, file_type: int, license: str | None, source_url: str | None) -> list[KV]:
-    """general.* rows: what the file is and which tool wrote it."""
-    rows = [
-        KV("general.type", "model", T.STRING),
-        KV("general.name", name, T.STRING),
-        KV("general.file_type", file_type, T.UINT32),
-        KV("general.quantization_version", 2, T.UINT32),
-        KV("general.converter", f"minicpmv-gguf {__version__}", T.STRING),
-    ]
-    if license:
-        rows.append(KV("general.license", license, T.STRING))
-    if source_url:
-        rows.append(KV("general.source.url", source_url, T.STRING))
     return rows

@@ -6,16 +6,10 @@ Each docstring names the HF and llama.cpp code that makes the transform necessar
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable
 
 import numpy as np
 
-Transform = Callable[[np.ndarray], np.ndarray]
-
-
-def keep(w: np.ndarray) -> np.ndarray:
-    """No change (rows can then be streamed in chunks)."""
-    return w
+from ..tensor_plan import Transform, keep
 
 
 def add_one(w: np.ndarray) -> np.ndarray:

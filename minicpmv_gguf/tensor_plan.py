@@ -1,0 +1,184 @@
+"""Planning and writing converter tensors, shared by the LM and mmproj converters.
+
+A tensor table is a tuple of Rules; `plan_tensors` maps every checkpoint tensor by exactly one rule
+or a named skip prefix, else raises one TensorMapError listing all offenders. `tensor_out` then
+streams each planned tensor: untransformed ones in row chunks (byte copies when the type is kept),
+transformed ones (small: norms, ssm_a, conv1d, head reorders) whole.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+from gguf import GGMLQuantizationType as Q
+from gguf import LlamaFileType
+
+from .errors import TensorMapError, ToolkitError
+from .ggml_kernels import f32_to_bf16, f32_to_f16, quantize_rows
+from .gguf_io import TensorOut
+from .safetensors_io import TensorRef, read_raw, read_rows, read_tensor, row_chunks
+
+Transform = Callable[[np.ndarray], np.ndarray]  # pure: float32 array -> float32 array
+
+
+def keep(w: np.ndarray) -> np.ndarray:
+    """No change (rows can then be streamed in chunks)."""
+    return w
+
+
+OUTTYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0}
+FILE_TYPES = {Q.F32: LlamaFileType.ALL_F32, Q.F16: LlamaFileType.MOSTLY_F16,
+              Q.BF16: LlamaFileType.MOSTLY_BF16, Q.Q8_0: LlamaFileType.MOSTLY_Q8_0}
+SOURCE_TYPES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16}
+
+
+Shape = Callable[[Any], tuple[int, ...]]  # config -> expected shape
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One checkpoint tensor (per block when `hf` has {bid}) and the GGUF tensor it becomes."""
+
+    hf: str
+    gguf: str
+    shape: Shape                # expected HF shape, from the config
+    transform: Transform = keep
+    dtype: str = "outtype"      # "f32" where llama.cpp needs it; "f16|f32" for conv kernels
+    layers: str = "all"         # "all", "linear_attention" or "full_attention"
+    optional: bool = False
+    gguf_shape: Shape | None = None  # when the transform changes the shape
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One line of the conversion plan, as --dry-run prints it."""
+
+    hf_name: str
+    gguf_name: str
+    source_dtype: str
+    ggml_type: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One tensor to write: where it comes from, what it becomes, and how."""
+
+    hf_name: str
+    gguf_name: str
+    source: TensorRef
+    gguf_shape: tuple[int, ...]
+    transform: Transform
+    dtype: str
+    bid: int | None
+
+
+def _compile(template: str) -> re.Pattern[str]:
+    return re.compile("^" + re.escape(template).replace(r"\{bid\}", r"(?P<bid>\d+)") + "$")
+
+
+def plan_tensors(tensors: Iterable[TensorRef], rules: tuple[Rule, ...], c: Any, *, n_blocks: int,
+                 skip_prefixes: tuple[str, ...], layer_types: tuple[str, ...] | None = None,
+                 ) -> tuple[list[PlannedTensor], list[str]]:
+    """Map every checkpoint tensor by exactly one rule, in GGUF-friendly order.
+
+    Returns:
+        (planned tensors, names skipped on purpose)
+    Raises:
+        TensorMapError: listing every unmapped tensor, tensor in the wrong layer type or block range,
+            shape that disagrees with config.json, and required tensor that is missing.
+    """
+    kinds = layer_types or ("all",) * n_blocks
+    compiled = [(rule, _compile(rule.hf)) for rule in rules]
+    planned: list[PlannedTensor] = []
+    skipped, problems = [], []
+    for ref in tensors:
+        if ref.name.startswith(skip_prefixes):
+            skipped.append(ref.name)
+            continue
+        hits = [(rule, m) for rule, m in ((r, p.match(ref.name)) for r, p in compiled) if m]
+        if len(hits) != 1:
+            problems.append(f"{ref.name}: {'no rule maps it' if not hits else 'matched by several rules'}")
+            continue
+        rule, m = hits[0]
+        bid = int(m.group("bid")) if "bid" in m.groupdict() else None
+        if bid is not None and not (0 <= bid < n_blocks):
+            problems.append(f"{ref.name}: layer {bid} is outside num_hidden_layers={n_blocks}")
+            continue
+        if bid is not None and rule.layers != "all" and kinds[bid] != rule.layers:
+            problems.append(f"{ref.name}: layer {bid} is {kinds[bid]} in config.json")
+            continue
+        if ref.shape != rule.shape(c):
+            problems.append(f"{ref.name}: shape {ref.shape}, config.json implies {rule.shape(c)}")
+            continue
+        gguf_shape = rule.gguf_shape(c) if rule.gguf_shape else ref.shape
+        planned.append(PlannedTensor(ref.name, rule.gguf.format(bid=bid), ref, gguf_shape, rule.transform, rule.dtype, bid))
+    present = {p.hf_name for p in planned}
+    for rule in rules:
+        bids = [None] if "{bid}" not in rule.hf else [
+            b for b in range(n_blocks) if rule.layers in ("all", kinds[b])]
+        problems += [f"{rule.hf.format(bid=b)}: missing" for b in bids
+                     if not rule.optional and rule.hf.format(bid=b) not in present]
+    if problems:
+        raise TensorMapError(f"{len(problems)} tensor problem(s): " + "; ".join(problems))
+    # Global tensors first, then blocks in order, as llama.cpp's own files are laid out.
+    planned.sort(key=lambda p: (p.bid is not None, p.bid or 0, p.gguf_name))
+    return planned, skipped
+
+
+def resolve_outtype(outtype: str, planned: list[PlannedTensor]) -> Q:
+    if outtype == "auto":
+        # The checkpoint's own float type: the first matrix decides, as in llama.cpp's converter.
+        first = next(p for p in planned if len(p.gguf_shape) >= 2)
+        return SOURCE_TYPES[first.source.dtype]
+    if outtype not in OUTTYPES:
+        raise ToolkitError(f"outtype {outtype!r}: choose auto, {', '.join(OUTTYPES)}")
+    return OUTTYPES[outtype]
+
+
+def ggml_type_for(p: PlannedTensor, out_type: Q) -> Q:
+    """The dtype policy: F32 where llama.cpp needs it, else the outtype (Q8_0 needs rows of 32)."""
+    if p.dtype == "f32":
+        return Q.F32
+    if p.dtype == "f16|f32":  # ggml's conv kernels take F16 or F32 only
+        return Q.F16 if out_type == Q.F16 else Q.F32
+    if out_type == Q.Q8_0 and p.gguf_shape[-1] % 32:
+        return Q.F16  # llama.cpp's converter falls back the same way
+    return out_type
+
+
+def plan_rows(planned: list[PlannedTensor], tensors: list[TensorOut]) -> list[PlanRow]:
+    """The printable plan: one row per tensor."""
+    return [PlanRow(p.hf_name, p.gguf_name, p.source.dtype, t.ggml_type.name, t.shape) for p, t in zip(planned, tensors)]
+
+
+def tensor_out(p: PlannedTensor, out_type: Q) -> TensorOut:
+    ggml_type = ggml_type_for(p, out_type)
+    return TensorOut(p.gguf_name, p.gguf_shape, ggml_type, lambda: _chunks(p, ggml_type))
+
+
+def _chunks(p: PlannedTensor, ggml_type: Q) -> Iterator[np.ndarray]:
+    if p.transform is not keep:
+        w = p.transform(read_tensor(p.source))
+        assert w.shape == p.gguf_shape, (p.hf_name, w.shape, p.gguf_shape)
+        yield encode(w, ggml_type)
+        return
+    same_type = SOURCE_TYPES[p.source.dtype] == ggml_type
+    for start, stop in row_chunks(p.source):
+        yield read_raw(p.source, start, stop) if same_type else encode(read_rows(p.source, start, stop), ggml_type)
+
+
+def encode(w: np.ndarray, ggml_type: Q) -> np.ndarray:
+    """float32 -> the stored form of a GGML type, with ggml's own kernels (llama.cpp's rounding)."""
+    if ggml_type == Q.F32:
+        return w.astype(np.float32, copy=False)
+    if ggml_type == Q.F16:
+        return f32_to_f16(w)
+    if ggml_type == Q.BF16:
+        return f32_to_bf16(w)
+    return quantize_rows(w, ggml_type)
+
+
