@@ -175,7 +175,7 @@ def parse_text_config(config: dict[str, Any], where: Path) -> TextConfig:
     merged.setdefault("rope_theta", rope.get("rope_theta"))
     defaulted = [f"{k}={v!r}" for k, v in TEXT_DEFAULTS.items() if k not in tc and k not in rope]
     if defaulted:
-        log.info("%s: text_config lacks %s: using transformers' defaults", where, ", ".join(defaulted))
+        log.debug("%s: text_config lacks %s: using transformers' defaults", where, ", ".join(defaulted))
 
     def get(key: str, kind: type) -> Any:
         value = merged.get(key)

@@ -32,7 +32,7 @@ def cli(verbose: bool) -> None:
     \b
         minicpmv-gguf convert ./MiniCPM-V-4_6 -o lm.gguf
         minicpmv-gguf convert ./MiniCPM-V-4_6 -o lm-f16.gguf --outtype f16
-        minicpmv-gguf convert ./MiniCPM-V-4_6 -o lm.gguf --dry-run
+        minicpmv-gguf mmproj ./MiniCPM-V-4_6 -o mmproj.gguf --mode both
     """
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("minicpmv_gguf").setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -65,6 +65,37 @@ def convert(checkpoint: Path, out: Path, outtype: str, dry_run: bool, force: boo
         result = write_lm(plan, out, overwrite=force, name=name, source_url=source_url,
                           progress=lambda n, _name: bar.update(n))
     click.echo(result.summary())
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
+              help="The mmproj GGUF to write; with --mode both, NAME-16x.gguf and NAME-4x.gguf.")
+@click.option("--mode", type=click.Choice(["16x", "4x", "both"]), default="16x", show_default=True,
+              help="Visual-token compression: 16x (fewer tokens, faster) or 4x (fine detail).")
+@click.option("--outtype", type=click.Choice(["auto", "f32", "f16", "bf16", "q8_0"]), default="f16",
+              show_default=True)
+@click.option("--dry-run", is_flag=True, help="Print the tensor plan; write nothing.")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+def mmproj(checkpoint: Path, out: Path, mode: str, outtype: str, dry_run: bool, force: bool) -> None:
+    """Write the mmproj (vision) GGUF of a MiniCPM-V 4.6 checkpoint, one file per mode."""
+    from .gguf_io import check_output
+    from .mmproj import MODES, mode_paths, plan_mmproj, write_mmproj
+
+    paths = mode_paths(out, list(MODES) if mode == "both" else [mode])
+    if not dry_run:
+        for path in paths.values():
+            check_output(path, overwrite=force)
+    for m, path in paths.items():
+        plan = plan_mmproj(checkpoint, mode=m, outtype=outtype)
+        if dry_run:
+            for row in plan.rows:
+                click.echo(f"{row.hf_name} -> {row.gguf_name}  {row.source_dtype} -> {row.ggml_type}  {list(row.shape)}")
+            click.echo(plan.summary())
+            continue
+        with click.progressbar(length=plan.n_bytes, label=f"writing {m} mmproj", file=sys.stderr) as bar:
+            result = write_mmproj(plan, path, overwrite=force, progress=lambda n, _name: bar.update(n))
+        click.echo(result.summary())
 
 
 def main() -> None:

@@ -1,0 +1,75 @@
+"""The HF -> GGUF tensor table of the MiniCPM-V 4.6 vision half (clip projector `minicpmv4_6`).
+
+No value transforms: clip.cpp's graph takes the HF weights as they are. gguf 0.19 has none of these
+names for this projector, so they are written out here (tools/mtmd/clip-impl.h TN_* names).
+"""
+
+from __future__ import annotations
+
+from ..tensor_plan import Rule, Shape
+
+V = "model.vision_tower"
+BLK = V + ".encoder.layers.{bid}"
+MERGER = "model.merger.mlp.0"
+
+SKIP_PREFIXES = ("model.language_model.", "lm_head.", "mtp.")
+SKIP_4X = (V + ".vit_merger.",)  # 4x mode never runs the window-attention merger
+
+
+def _weight_bias(hf: str, gguf: str, weight: Shape, bias: Shape, *, weight_dtype: str = "outtype") -> tuple[Rule, Rule]:
+    return (Rule(f"{hf}.weight", f"{gguf}.weight", weight, dtype=weight_dtype),
+            Rule(f"{hf}.bias", f"{gguf}.bias", bias, dtype="f32"))
+
+
+def _norm(hf: str, gguf: str, width: Shape) -> tuple[Rule, Rule]:
+    return _weight_bias(hf, gguf, width, width, weight_dtype="f32")
+
+
+def _linear(hf: str, gguf: str, out_in: Shape) -> tuple[Rule, Rule]:
+    return _weight_bias(hf, gguf, out_in, lambda c: out_in(c)[:1])
+
+
+def mmproj_rules(mode: str) -> tuple[Rule, ...]:
+    """The table for one downsample mode; 16x adds the window-attention merger."""
+    D = lambda c: (c.hidden_size,)  # noqa: E731 - shape tables read better as lambdas
+    DD = lambda c: (c.hidden_size, c.hidden_size)  # noqa: E731
+    D4 = lambda c: (4 * c.hidden_size,)  # noqa: E731 - a 2x2 merge concatenates 4 tokens
+    rules = [
+        # ggml's conv2d takes an F16 or F32 kernel.
+        *_weight_bias(f"{V}.embeddings.patch_embedding", "v.patch_embd",
+                      lambda c: (c.hidden_size, c.num_channels, c.patch_size, c.patch_size), D, weight_dtype="f16|f32"),
+        # Kept as the full 70x70 table: clip.cpp looks positions up in it by bucket, never interpolated.
+        Rule(f"{V}.embeddings.position_embedding.weight", "v.position_embd.weight",
+             lambda c: (c.position_grid ** 2, c.hidden_size), dtype="f32"),
+        *_norm(f"{BLK}.layer_norm1", "v.blk.{bid}.ln1", D),
+        *_linear(f"{BLK}.self_attn.q_proj", "v.blk.{bid}.attn_q", DD),
+        *_linear(f"{BLK}.self_attn.k_proj", "v.blk.{bid}.attn_k", DD),
+        *_linear(f"{BLK}.self_attn.v_proj", "v.blk.{bid}.attn_v", DD),
+        *_linear(f"{BLK}.self_attn.out_proj", "v.blk.{bid}.attn_out", DD),
+        *_norm(f"{BLK}.layer_norm2", "v.blk.{bid}.ln2", D),
+        *_linear(f"{BLK}.mlp.fc1", "v.blk.{bid}.ffn_up", lambda c: (c.intermediate_size, c.hidden_size)),
+        *_linear(f"{BLK}.mlp.fc2", "v.blk.{bid}.ffn_down", lambda c: (c.hidden_size, c.intermediate_size)),
+        *_norm(f"{V}.post_layernorm", "v.post_ln", D),
+        *_norm(f"{MERGER}.pre_norm", "mm.input_norm", D4),
+        *_linear(f"{MERGER}.linear_1", "mm.up", lambda c: (4 * c.hidden_size, 4 * c.hidden_size)),
+        # mm.down's width must equal the LM's embedding width: libmtmd checks it when loading.
+        *_linear(f"{MERGER}.linear_2", "mm.down", lambda c: (c.text_hidden_size, 4 * c.hidden_size)),
+    ]
+    if mode == "16x":
+        M = f"{V}.vit_merger"
+        rules += [
+            *_norm(f"{M}.layer_norm1", "v.vit_merger.ln1", D),
+            *_linear(f"{M}.self_attn.q_proj", "v.vit_merger.attn_q", DD),
+            *_linear(f"{M}.self_attn.k_proj", "v.vit_merger.attn_k", DD),
+            *_linear(f"{M}.self_attn.v_proj", "v.vit_merger.attn_v", DD),
+            *_linear(f"{M}.self_attn.out_proj", "v.vit_merger.attn_out", DD),
+            *_norm(f"{M}.pre_norm", "v.vit_merger.ds_ln", D4),
+            *_linear(f"{M}.linear_1", "v.vit_merger.ds_ffn_up", lambda c: (4 * c.intermediate_size, 4 * c.hidden_size)),
+            *_linear(f"{M}.linear_2", "v.vit_merger.ds_ffn_down", lambda c: (c.hidden_size, 4 * c.intermediate_size)),
+        ]
+    return tuple(rules)
+
+
+def mmproj_skip_prefixes(mode: str) -> tuple[str, ...]:
+    return SKIP_PREFIXES + (SKIP_4X if mode == "4x" else ())
+
