@@ -8,8 +8,13 @@ from pathlib import Path
 from gguf import GGUFValueType as T
 
 from . import __version__
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, read_json
 from .gguf_io import KV
+
+# generation_config.json -> general.sampling.* (llama.cpp's tools take them as sampling defaults).
+SAMPLING_KEYS = {"temperature": ("general.sampling.temp", T.FLOAT32), "top_k": ("general.sampling.top_k", T.INT32),
+                 "top_p": ("general.sampling.top_p", T.FLOAT32),
+                 "repetition_penalty": ("general.sampling.penalty_repeat", T.FLOAT32)}
 
 
 def general_kvs(ckpt: Checkpoint, *, file_type: int, gguf_type: str, name: str | None = None,
@@ -29,6 +34,16 @@ def general_kvs(ckpt: Checkpoint, *, file_type: int, gguf_type: str, name: str |
     if source_url:
         rows.append(KV("general.source.url", source_url, T.STRING))
     return rows
+
+
+def sampling_kvs(ckpt: Checkpoint) -> list[KV]:
+    """The checkpoint's own sampling defaults, when generation_config.json samples."""
+    path = ckpt.path / "generation_config.json"
+    gen = read_json(path) if path.is_file() else {}
+    if not isinstance(gen, dict) or not gen.get("do_sample"):
+        return []
+    return [KV(key, int(gen[hf]) if kind is T.INT32 else float(gen[hf]), kind)
+            for hf, (key, kind) in SAMPLING_KEYS.items() if type(gen.get(hf)) in (int, float)]
 
 
 def model_card_license(path: Path) -> str | None:

@@ -170,3 +170,18 @@ def test_q8_0_equals_llama_cpp_quantizer(tiny_ckpt, convert_cached, tmp_path):
     for name, t in ref.items():
         assert ours[name].tensor_type == t.tensor_type, name
         np.testing.assert_array_equal(np.asarray(ours[name].data), np.asarray(t.data), err_msg=name)
+
+
+def test_sampling_defaults_follow_generation_config(tiny_ckpt, tmp_path):
+    import shutil
+
+    ckpt = shutil.copytree(tiny_ckpt, tmp_path / "ckpt")
+    gen = {"do_sample": True, "temperature": 0.7, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.05}
+    (ckpt / "generation_config.json").write_text(json.dumps(gen))
+    convert_lm(ckpt, tmp_path / "lm.gguf")
+    kv, types = read_metadata(tmp_path / "lm.gguf")[0], read_kv_types(tmp_path / "lm.gguf")
+    assert kv["general.sampling.top_k"] == 0 and types["general.sampling.top_k"] == (T.INT32,)
+    assert kv["general.sampling.temp"] == pytest.approx(0.7) and kv["general.sampling.penalty_repeat"] == pytest.approx(1.05)
+    # The tiny fixture decodes greedily: no sampling keys then.
+    assert not any(k.startswith("general.sampling.") for k in read_metadata(convert_lm(
+        tiny_ckpt, tmp_path / "greedy.gguf").out)[0])

@@ -16,7 +16,7 @@ from gguf import GGMLQuantizationType as Q
 
 from ..checkpoint import Checkpoint, open_checkpoint
 from ..errors import ToolkitError
-from ..general_metadata import general_kvs
+from ..general_metadata import general_kvs, sampling_kvs
 from ..gguf_io import Progress, TensorOut, check_output, write_gguf
 from ..tensor_plan import FILE_TYPES, PlanRow, plan_rows, plan_tensors, resolve_outtype, tensor_out
 from .metadata import ARCH, lm_hparams, tokenizer_kvs
@@ -99,7 +99,7 @@ def write_lm(plan: LMPlan, out: Path, *, overwrite: bool = False, name: str | No
     t0 = time.perf_counter()
     ckpt = plan.checkpoint
     kvs = [*general_kvs(ckpt, file_type=int(FILE_TYPES[plan.out_type]), gguf_type="model", name=name,
-                        source_url=source_url),
+                        source_url=source_url), *sampling_kvs(ckpt),
            *lm_hparams(ckpt.text), *tokenizer_kvs(plan.vocab)]
     n_bytes = write_gguf(Path(out), ARCH, kvs, plan.tensors, overwrite=overwrite, progress=progress)
     return ConvertResult(Path(out), plan, n_bytes, time.perf_counter() - t0)
