@@ -98,6 +98,29 @@ def mmproj(checkpoint: Path, out: Path, mode: str, outtype: str, dry_run: bool, 
         click.echo(result.summary())
 
 
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The quantized LM GGUF.")
+@click.option("--type", "qtype", default="Q4_K_M", show_default=True,
+              help="A llama-quantize type: Q4_K_M, Q4_K_S, Q5_K_M, Q6_K, Q8_0, Q4_0, IQ4_XS, ...")
+@click.option("--recipe", help="A named recipe instead of --type: Q4_K_M-sensitive keeps attn_gate, attn_qkv "
+                               "and ssm_out at Q8_0.")
+@click.option("--tensor-type", "tensor_types", multiple=True, metavar="PATTERN=TYPE",
+              help="Override the type of tensors whose name matches PATTERN (a regex), e.g. attn_qkv=q8_0.")
+@click.option("--imatrix", type=click.Path(path_type=Path), help="An importance matrix (llama.cpp imatrix GGUF).")
+@click.option("--threads", type=int, help="Quantizer threads (default: all cores).")
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+def quantize(src: Path, out: Path, qtype: str, recipe: str | None, tensor_types: tuple[str, ...],
+             imatrix: Path | None, threads: int | None, force: bool) -> None:
+    """Quantize an LM GGUF with llama.cpp's own quantizer (mmproj files: use `mmproj --outtype q8_0`)."""
+    from .quantize import parse_overrides, quantize_lm
+
+    click.echo(f"quantizing {src} ...", err=True)
+    result = quantize_lm(src, out, qtype=qtype, recipe=recipe, tensor_types=parse_overrides(list(tensor_types)),
+                         imatrix=imatrix, threads=threads, overwrite=force)
+    click.echo(result.summary())
+
+
 def main() -> None:
     cli(prog_name="minicpmv-gguf")
 

@@ -21,3 +21,7 @@ class TokenizerError(CheckpointError):
 
 class OutputError(ToolkitError):
     """The output path cannot be written (exists, unwritable directory, disk full)."""
+
+
+class QuantizeError(ToolkitError):
+    """A quantization request llama.cpp cannot carry out (type, imatrix, input), or that it rejected."""

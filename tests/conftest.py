@@ -41,6 +41,14 @@ def tiny_ckpt_bf16(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_ckpt_kquant(tmp_path_factory) -> Path:
+    """Every LM matrix row a multiple of 256 (k-quant blocks), 8 layers: llama.cpp's quant rules apply as on the real model."""
+    from tests.fixtures.tiny_checkpoint import KQUANT_TEXT
+
+    return _build(tmp_path_factory, "tiny-kquant", text_overrides=KQUANT_TEXT)
+
+
+@pytest.fixture(scope="session")
 def convert_cached(tmp_path_factory):
     """convert(checkpoint, outtype) -> LM GGUF path, converted once per session."""
     from minicpmv_gguf.convert_hf_to_gguf import convert_lm
