@@ -121,6 +121,47 @@ def quantize(src: Path, out: Path, qtype: str, recipe: str | None, tensor_types:
     click.echo(result.summary())
 
 
+@cli.command()
+@click.argument("lm", required=False, type=click.Path(path_type=Path))
+@click.option("--mmproj", type=click.Path(path_type=Path), help="The mmproj GGUF (one mode: 16x or 4x).")
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="The package folder to write.")
+@click.option("--name", default="minicpm-v4.6", show_default=True, help="The Ollama model name to create.")
+@click.option("--link", is_flag=True, help="Hard-link the GGUFs (symlink across file systems) instead of copying.")
+@click.option("--system", help="A default system prompt (Modelfile SYSTEM).")
+@click.option("--num-ctx", type=click.IntRange(min=1), default=4096, show_default=True, help="Context length.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--check", type=click.Path(path_type=Path), metavar="MODELFILE",
+              help="Check a Modelfile (or a package folder) against Ollama's rules instead; exit 1 on a problem.")
+@click.pass_context
+def ollama(ctx: click.Context, lm: Path | None, mmproj: Path | None, out: Path | None, name: str, link: bool,
+           system: str | None, num_ctx: int, force: bool, check: Path | None) -> None:
+    """Package the LM and mmproj GGUFs for Ollama (>= 0.30), or check a Modelfile.
+
+    \b
+        minicpmv-gguf ollama lm-Q4_K_M.gguf --mmproj mmproj-16x.gguf -o minicpm-v4.6
+        minicpmv-gguf ollama --check minicpm-v4.6/Modelfile
+    """
+    from .ollama import check_modelfile, package_ollama
+
+    if check is not None:
+        if lm or mmproj or out:
+            raise click.UsageError("--check takes only a Modelfile; package and check in two runs")
+        path = check / "Modelfile" if check.is_dir() else check
+        problems = check_modelfile(path)
+        for p in problems:
+            click.echo(p.format(path))
+        errors = [p for p in problems if not p.warning]
+        if errors:
+            ctx.exit(1)
+        click.echo(f"{path}: Ollama accepts it")
+        return
+    if not (lm and mmproj and out):
+        raise click.UsageError("give LM, --mmproj and -o (or --check MODELFILE)")
+    result = package_ollama(lm, mmproj, out, name=name, link=link, system=system, num_ctx=num_ctx, overwrite=force)
+    click.echo(result.summary())
+    click.echo(f"create the model with:\n  {result.create_command()}")
+
+
 def main() -> None:
     cli(prog_name="minicpmv-gguf")
 

@@ -19,9 +19,25 @@ class TokenizerError(CheckpointError):
     """The tokenizer files are missing, unreadable, or do not fit the model."""
 
 
+class GGUFError(ToolkitError):
+    """A GGUF file is missing, truncated, or not a GGUF."""
+
+
 class OutputError(ToolkitError):
     """The output path cannot be written (exists, unwritable directory, disk full)."""
 
 
 class QuantizeError(ToolkitError):
     """A quantization request llama.cpp cannot carry out (type, imatrix, input), or that it rejected."""
+
+
+class OllamaError(ToolkitError):
+    """An Ollama package cannot be built, or a Modelfile breaks Ollama's grammar or its file rules."""
+
+
+class ModelLoadError(ToolkitError):
+    """A GGUF the runtime cannot use: missing, corrupt, the wrong kind, or not matching its LM or mmproj."""
+
+
+class InputError(ToolkitError):
+    """A chat input the runtime cannot use: an unreadable or unsupported image or video, or a too-long prompt."""

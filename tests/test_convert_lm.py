@@ -185,3 +185,14 @@ def test_sampling_defaults_follow_generation_config(tiny_ckpt, tmp_path):
     # The tiny fixture decodes greedily: no sampling keys then.
     assert not any(k.startswith("general.sampling.") for k in read_metadata(convert_lm(
         tiny_ckpt, tmp_path / "greedy.gguf").out)[0])
+
+
+def test_fast_header_reader_agrees_with_gguf_py(tiny_ckpt, convert_cached):
+    from minicpmv_gguf.gguf_io import read_gguf_header
+
+    for outtype in ("f32", "q8_0"):
+        path = convert_cached(tiny_ckpt, outtype)
+        kv, tensors = read_metadata(path)
+        header = read_gguf_header(path)
+        assert header.tensors == tensors
+        assert header.kvs == {k: v for k, v in kv.items() if not isinstance(v, list)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minicpmv_gguf.errors import OutputError, QuantizeError
+from minicpmv_gguf.errors import GGUFError, OutputError, QuantizeError
 from minicpmv_gguf.gguf_io import read_metadata
 from minicpmv_gguf.quantize import QUANT_TYPES, parse_overrides, quantize_lm, resolve_type
 from tests.reference import load_llama
@@ -96,7 +96,7 @@ def test_refusals(kquant_f16, q4_k_m, tmp_path, tiny_ckpt):
         quantize_lm(mm, tmp_path / "x.gguf")
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"GGUF" + b"\0" * 20)
-    with pytest.raises(QuantizeError, match="not a readable GGUF"):
+    with pytest.raises(GGUFError, match="not a readable GGUF"):
         quantize_lm(junk, tmp_path / "x.gguf")
     with pytest.raises(OutputError, match="already exists"):
         quantize_lm(kquant_f16, q4_k_m.out)

@@ -18,7 +18,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader
 
 from ..errors import QuantizeError
-from ..gguf_io import atomic_output, read_metadata
+from ..gguf_io import atomic_output, read_gguf_header
 
 # llama-quantize's names -> llama_ftype (include/llama.h). MoE-only and ternary types are left out.
 QUANT_TYPES = {
@@ -130,10 +130,8 @@ def _check_input(src: Path) -> int:
     """The input's parameter count, after checking it is an unquantized LM GGUF."""
     if not src.is_file():
         raise QuantizeError(f"{src}: file not found")
-    try:
-        kv, tensors = read_metadata(src)
-    except (ValueError, OSError) as err:  # gguf-py's reader raises ValueError on a corrupt file
-        raise QuantizeError(f"{src}: not a readable GGUF file ({err})") from err
+    header = read_gguf_header(src)
+    kv, tensors = header.kvs, header.tensors
     if kv.get("general.architecture") == "clip":
         raise QuantizeError(f"{src}: is an mmproj GGUF; llama.cpp's quantizer handles LM GGUFs only "
                             "(write the mmproj with `minicpmv-gguf mmproj --outtype q8_0` instead)")

@@ -1,0 +1,3 @@
+module minicpmv-gguf/tests/ollama_template
+
+go 1.19
