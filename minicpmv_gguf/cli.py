@@ -122,6 +122,50 @@ def quantize(src: Path, out: Path, qtype: str, recipe: str | None, tensor_types:
 
 
 @cli.command()
+@click.argument("lm", type=click.Path(path_type=Path))
+@click.option("--text", required=True, type=click.Path(path_type=Path), help="Calibration text (UTF-8).")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The imatrix GGUF to write.")
+@click.option("--ctx", type=click.IntRange(min=2), default=512, show_default=True, help="Tokens per chunk.")
+@click.option("--chunks", type=click.IntRange(min=1), help="Use at most N chunks (default: the whole text).")
+@click.option("--threads", type=click.IntRange(min=1), help="llama.cpp threads (default: all cores).")
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+def imatrix(lm: Path, text: Path, out: Path, ctx: int, chunks: int | None, threads: int | None, force: bool) -> None:
+    """Compute an importance matrix of an LM GGUF from calibration text, for `quantize --imatrix`."""
+    from .quantize.imatrix import compute_imatrix
+
+    result = compute_imatrix(lm, text, out, ctx=ctx, max_chunks=chunks, threads=threads, overwrite=force,
+                             progress=_chunk_progress("imatrix"))
+    click.echo(result.summary())
+
+
+@cli.command("eval")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--ref", required=True, type=click.Path(path_type=Path), help="The reference GGUF (e.g. the F16 one).")
+@click.option("--text", required=True, type=click.Path(path_type=Path), help="Held-out text (UTF-8).")
+@click.option("--ctx", type=click.IntRange(min=2), default=512, show_default=True, help="Tokens per chunk.")
+@click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Tokens decoded at a time; llama.cpp keeps 2 x batch x vocab floats per model.")
+@click.option("--chunks", type=click.IntRange(min=1), help="Use at most N chunks (default: the whole text).")
+@click.option("--threads", type=click.IntRange(min=1), help="llama.cpp threads (default: all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def eval_(model: Path, ref: Path, text: Path, ctx: int, batch: int, chunks: int | None, threads: int | None,
+          as_json: bool) -> None:
+    """What MODEL loses against REF on a text: KL divergence, top-1 agreement, perplexity, logit NMSE."""
+    import json
+
+    from .quantize.evaluate import evaluate
+
+    result = evaluate(model, ref, text, ctx=ctx, batch=batch, max_chunks=chunks, threads=threads,
+                      progress=_chunk_progress("eval"))
+    click.echo(json.dumps(result.as_dict()) if as_json else result.table())
+
+
+def _chunk_progress(label: str):
+    """A (done, total) progress callback that redraws one line on stderr."""
+    return lambda done, total: click.echo(f"\r{label}: chunk {done}/{total}", err=True, nl=done == total)
+
+
+@cli.command()
 @click.argument("lm", required=False, type=click.Path(path_type=Path))
 @click.option("--mmproj", type=click.Path(path_type=Path), help="The mmproj GGUF (one mode: 16x or 4x).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="The package folder to write.")

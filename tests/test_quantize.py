@@ -51,7 +51,7 @@ def test_q4_k_m_follows_llama_cpp_rules(q4_k_m, tiny_ckpt_kquant):
 
 
 def test_q4_k_m_loads_and_generates(q4_k_m):
-    llm = load_llama(q4_k_m.out, n_ctx=256, logits_all=False)
+    llm = load_llama(q4_k_m.out, n_ctx=256)  # logits_all: every row of llm.scores is written
     out = llm.create_completion("<|im_start|>user\nHello<|im_end|>\n", max_tokens=8, temperature=0.0)
     assert out["usage"]["completion_tokens"] > 0
     assert np.all(np.isfinite(llm.scores[: llm.n_tokens]))

@@ -19,6 +19,7 @@ from gguf import GGMLQuantizationType, GGUFReader
 
 from ..errors import QuantizeError
 from ..gguf_io import atomic_output, read_gguf_header
+from ..llama_log import captured_llama_log
 
 # llama-quantize's names -> llama_ftype (include/llama.h). MoE-only and ternary types are left out.
 QUANT_TYPES = {
@@ -188,33 +189,9 @@ def _run_quantizer(src: Path, dst: Path, ftype: int, overrides: dict[str, str],
             arr[i].size = values.size
         params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
         keep_alive.append(arr)
-    with _captured_llama_log() as log:
+    with captured_llama_log() as log:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
         reason = next((line for line in reversed(log) if "error" in line.lower() or "missing" in line.lower()),
                       log[-1] if log else "no message")
         raise QuantizeError(f"{src}: llama.cpp's quantizer failed: {reason.strip()}")
-
-
-class _captured_llama_log:
-    """Collect llama.cpp's log lines during a call instead of printing them."""
-
-    def __enter__(self) -> list[str]:
-        import llama_cpp
-
-        self.lines: list[str] = []
-
-        def collect(level, text, user_data):
-            self.lines.append(text.decode("utf-8", "replace"))
-
-        self._callback = llama_cpp.llama_log_callback(collect)
-        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
-        return self.lines
-
-    def __exit__(self, *exc) -> None:
-        import llama_cpp
-
-        # Back to llama-cpp-python's own logger.
-        from llama_cpp._logger import llama_log_callback as default_callback
-
-        llama_cpp.llama_log_set(default_callback, ctypes.c_void_p(0))
