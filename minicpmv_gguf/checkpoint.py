@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,7 @@ def open_checkpoint(path: Path) -> Checkpoint:
     if not isinstance(config, dict):
         raise CheckpointError(f"{path / 'config.json'}: not a JSON object")
     archs = config.get("architectures") or [config.get("model_type")]
+    archs = archs if isinstance(archs, list) else [archs]
     if ARCHITECTURE not in archs and config.get("model_type") != "minicpmv4_6":
         raise CheckpointError(f"{path / 'config.json'}: architecture {archs} is not {ARCHITECTURE} (MiniCPM-V 4.6)")
     return Checkpoint(path, config, parse_text_config(config, path / "config.json"), read_tensor_index(path))
@@ -131,9 +133,14 @@ def read_tensor_index(path: Path) -> dict[str, TensorRef]:
     """Every tensor of a single-file or sharded checkpoint, checked against the index when sharded."""
     index_path = path / INDEX_FILE
     if index_path.exists():
-        weight_map = read_json(index_path).get("weight_map")
+        index = read_json(index_path)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{index_path}: no weight_map")
+        bad = next((s for s in weight_map.values()
+                    if not isinstance(s, str) or Path(s).name != s or s in ("", ".", "..")), None)
+        if bad is not None:  # a shard is a file of this directory: no paths, no other types
+            raise CheckpointError(f"{index_path}: weight_map names {bad!r}, not a file name in {path}")
         shards = sorted(set(weight_map.values()))
     elif (path / "model.safetensors").exists():
         weight_map, shards = None, ["model.safetensors"]
@@ -149,7 +156,11 @@ def read_tensor_index(path: Path) -> dict[str, TensorRef]:
                 raise CheckpointError(f"{shard_path}: tensor {name!r} is also in {tensors[name].path.name}")
             tensors[name] = ref
     if weight_map is not None:
-        missing = sorted(n for n, s in weight_map.items() if tensors.get(n) is None or tensors[n].path.name != s)
+        moved = sorted(f"{n} is in {tensors[n].path.name}, not {s}" for n, s in weight_map.items()
+                       if n in tensors and tensors[n].path.name != s)
+        if moved:
+            raise CheckpointError(f"{index_path}: does not match the shards: {_few(moved)}")
+        missing = sorted(n for n in weight_map if n not in tensors)
         extra = sorted(set(tensors) - set(weight_map))
         if missing or extra:
             raise CheckpointError(f"{index_path}: does not match the shards: "
@@ -180,8 +191,10 @@ def parse_text_config(config: dict[str, Any], where: Path) -> TextConfig:
     def get(key: str, kind: type) -> Any:
         value = merged.get(key)
         ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        if kind is float and type(value) is int and abs(value) < 1e38:
             value, ok = float(value), True
+        if kind is float and ok and not (math.isfinite(value) and abs(value) < 1e38):  # GGUF stores F32
+            raise CheckpointError(f"{where}: text_config.{key}: {value!r} is not a finite float32")
         if not ok:
             problem = "missing" if value is None else f"{value!r} is not {kind.__name__}"
             raise CheckpointError(f"{where}: text_config.{key}: {problem}")
@@ -192,11 +205,11 @@ def parse_text_config(config: dict[str, Any], where: Path) -> TextConfig:
     layer_types = merged.get("layer_types") or [
         "full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(n_layers)]
     if (not isinstance(layer_types, list) or len(layer_types) != n_layers
-            or not set(layer_types) <= {"full_attention", "linear_attention"}):
+            or not all(t in ("full_attention", "linear_attention") for t in layer_types)):
         raise CheckpointError(f"{where}: text_config.layer_types must list {n_layers} "
                               "'linear_attention'/'full_attention' entries")
     section = get("mrope_section", list)
-    if not all(type(s) is int for s in section) or len(section) > 4:
+    if not all(type(s) is int and 0 <= s < 2**31 for s in section) or len(section) > 4:
         raise CheckpointError(f"{where}: text_config.mrope_section {section!r} is not a list of up to 4 ints")
     text = TextConfig(
         **{k: get(k, int) for k in (
@@ -217,6 +230,16 @@ def parse_text_config(config: dict[str, Any], where: Path) -> TextConfig:
 
 
 def _check_text_config(c: TextConfig, where: Path) -> None:
+    positive = [k for k, v in vars(c).items()
+                if type(v) in (int, float) and (v < 0 if k == "mtp_num_hidden_layers" else v <= 0)]
+    if positive:  # first: the checks below divide by some of them
+        raise CheckpointError(f"{where}: text_config values must be positive: {', '.join(positive)}")
+    too_big = [k for k, v in vars(c).items() if type(v) is int and v >= 2**31]
+    if too_big:  # GGUF stores them as 32-bit integers
+        raise CheckpointError(f"{where}: text_config values too large (2^31 or more): {', '.join(too_big)}")
+    if c.partial_rotary_factor > 1 or c.rope_dim < 2:
+        raise CheckpointError(f"{where}: partial_rotary_factor {c.partial_rotary_factor} (x head_dim {c.head_dim}): "
+                              "needs 0 < factor <= 1 and at least 2 rotary dimensions")
     # llama.cpp's qwen35 graph uses one head size (ssm.state_size) for linear keys and values.
     if c.linear_key_head_dim != c.linear_value_head_dim:
         raise CheckpointError(f"{where}: linear_key_head_dim {c.linear_key_head_dim} != linear_value_head_dim "
@@ -224,6 +247,3 @@ def _check_text_config(c: TextConfig, where: Path) -> None:
     if c.linear_num_value_heads % c.linear_num_key_heads:
         raise CheckpointError(f"{where}: linear_num_value_heads {c.linear_num_value_heads} is not a multiple of "
                               f"linear_num_key_heads {c.linear_num_key_heads}")
-    positive = [k for k, v in vars(c).items() if type(v) is int and v <= 0 and k != "mtp_num_hidden_layers"]
-    if positive:
-        raise CheckpointError(f"{where}: text_config values must be positive: {', '.join(positive)}")

@@ -21,6 +21,8 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted; no output was left under its final name", err=True)
             sys.exit(130)
+        except MemoryError as err:  # one line too; outputs are cleaned up as for any other error
+            raise click.ClickException("out of memory (free some, or check the input for huge declared sizes)") from err
 
 
 @click.group(cls=_Group)
@@ -204,6 +206,174 @@ def ollama(ctx: click.Context, lm: Path | None, mmproj: Path | None, out: Path |
     result = package_ollama(lm, mmproj, out, name=name, link=link, system=system, num_ctx=num_ctx, overwrite=force)
     click.echo(result.summary())
     click.echo(f"create the model with:\n  {result.create_command()}")
+
+
+def _chat_options(command):
+    """Options shared by `run` and `chat`: the model files, the mode, sampling and sizes."""
+    options = [
+        click.argument("lm", type=click.Path(path_type=Path)),
+        click.option("--mmproj", "mmprojs", multiple=True, type=click.Path(path_type=Path),
+                     help="An mmproj GGUF; give the 16x and the 4x file to choose with --detail."),
+        click.option("--detail", type=click.Choice(["normal", "high"]), default=None,
+                     help="normal: the 16x mmproj (default when given); high: the 4x mmproj (fine detail)."),
+        click.option("--think", is_flag=True, help="Thinking mode (enable_thinking); off by default."),
+        click.option("--system", help="A system prompt."),
+        click.option("--temperature", type=float, default=0.7, show_default=True, help="0 = greedy."),
+        click.option("--top-p", type=float, default=0.8, show_default=True),
+        click.option("--top-k", type=int, default=100, show_default=True),
+        click.option("--repeat-penalty", type=float, default=1.05, show_default=True),
+        click.option("--seed", type=int, help="Seed for reproducible sampling (default: random)."),
+        click.option("--max-tokens", type=click.IntRange(min=1), default=1024, show_default=True,
+                     help="The longest reply, in tokens."),
+        click.option("--ctx", type=click.IntRange(min=16), default=4096, show_default=True,
+                     help="Context length in tokens (the whole conversation, images included)."),
+        click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: the physical cores)."),
+        click.option("--max-frames", type=click.IntRange(min=1), default=16, show_default=True,
+                     help="The most frames taken from a video (1 per second)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _open_chat(lm: Path, mmprojs: tuple[Path, ...], detail: str | None, think: bool, system: str | None,
+               temperature: float, top_p: float, top_k: int, repeat_penalty: float, seed: int | None,
+               max_tokens: int, ctx: int, threads: int | None, max_frames: int):  # fmt: skip
+    from .runtime import Sampling, open_model
+
+    sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, repeat_penalty=repeat_penalty, seed=seed)
+    model = open_model(lm, list(mmprojs), threads=threads)
+    try:
+        return model.chat(detail=detail, thinking=think, sampling=sampling, system=system, max_tokens=max_tokens,
+                          n_ctx=ctx, max_frames=max_frames)  # fmt: skip
+    except BaseException:
+        model.close()
+        raise
+
+
+@cli.command()
+@_chat_options
+@click.option("-p", "--prompt", required=True, help="The question.")
+@click.option("--image", "images", multiple=True, type=click.Path(path_type=Path), help="An image (repeatable).")
+@click.option("--video", type=click.Path(path_type=Path), help="A video (PyAV) or an animated GIF/WebP.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (reply and timings), no streaming.")
+def run(prompt: str, images: tuple[Path, ...], video: Path | None, as_json: bool, **opts) -> None:
+    """Answer one question about images (or a video), streaming the reply.
+
+    \b
+        minicpmv-gguf run lm-Q4_K_M.gguf --mmproj mmproj-16x.gguf --image cat.jpg -p "What is in the image?"
+    """
+    import json
+
+    session = _open_chat(**opts)
+    with session.model, session:  # the context goes before the weights
+        if as_json:
+            reply = session.send(prompt, list(images), video=video)
+            click.echo(json.dumps({"text": reply.text, "reasoning": reply.reasoning, "stop_reason": reply.stop_reason,
+                                   "token_ids": list(reply.token_ids), "mode": session.mmproj and session.mmproj.mode,
+                                   "timings": reply.timings.as_dict()}, ensure_ascii=False))  # fmt: skip
+            return
+        stream = session.stream(prompt, list(images), video=video)
+        try:
+            if session.thinking:
+                click.echo("<think>")  # the prompt ends with it; the reply continues from there
+            for piece in stream:
+                click.echo(piece, nl=False)
+        except KeyboardInterrupt:
+            stream.close()
+            click.echo("\n(stopped)", err=True)
+            sys.exit(130)
+        click.echo()
+        click.echo(session.last_reply.timings.summary(), err=True)
+
+
+@cli.command()
+@_chat_options
+@click.option("--stats", is_flag=True, help="Print token counts and timings after each reply (stderr).")
+def chat(stats: bool, **opts) -> None:
+    """Chat about images in the terminal (or over a pipe): /image PATH, /video PATH, /reset, /quit.
+
+    \b
+        minicpmv-gguf chat lm-Q4_K_M.gguf --mmproj mmproj-16x.gguf --mmproj mmproj-4x.gguf
+    """
+    from .chat_repl import Repl
+
+    session = _open_chat(**opts)
+    with session.model, session:  # the context goes before the weights
+        Repl(session, stats=stats).run()
+
+
+@cli.command("build")
+@click.argument("source")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The build directory.")
+@click.option("--quant", default="Q4_K_M", show_default=True,
+              help="The LM's llama-quantize type (Q4_K_M, Q5_K_M, Q8_0, ...); F16, BF16 or F32 skip quantization.")
+@click.option("--modes", default="16x", show_default=True, help="mmproj modes: 16x, 4x or 16x,4x.")
+@click.option("--lm-outtype", type=click.Choice(["auto", "f32", "f16", "bf16"]), default="auto", show_default=True,
+              help="The unquantized LM GGUF that is quantized (auto: the checkpoint's own float type).")
+@click.option("--mmproj-outtype", type=click.Choice(["auto", "f32", "f16", "bf16", "q8_0"]), default="f16",
+              show_default=True)
+@click.option("--keep-unquantized", is_flag=True, help="Keep the unquantized LM GGUF (for verify, imatrix, eval).")
+@click.option("--name", default="minicpm-v4.6", show_default=True, help="The Ollama model name.")
+@click.option("--no-ollama", is_flag=True, help="Write no Ollama package.")
+@click.option("--revision", help="A hub branch, tag or commit (for a repo id).")
+@click.option("--threads", type=click.IntRange(min=1), help="Quantizer threads (default: all cores).")
+@click.option("--verify", "then_verify", is_flag=True, help="Then run `verify` (needs torch and transformers).")
+@click.option("--force", is_flag=True, help="Build into a directory that holds something else; redo every stage.")
+@click.pass_context
+def build_(ctx: click.Context, source: str, out: Path, quant: str, modes: str, lm_outtype: str, mmproj_outtype: str,
+           keep_unquantized: bool, name: str, no_ollama: bool, revision: str | None, threads: int | None,
+           then_verify: bool, force: bool) -> None:
+    """A checkpoint directory or Hugging Face repo id -> quantized LM, mmproj, Ollama package and manifest.
+
+    Running it again skips the stages whose outputs match the manifest.
+
+    \b
+        minicpmv-gguf build ./MiniCPM-V-4_6 -o minicpm-v4.6
+        minicpmv-gguf build openbmb/MiniCPM-V-4.6 -o minicpm-v4.6 --modes 16x,4x
+    """
+    from .build import StageProgress, build
+
+    result = build(source, out, quant=quant, modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
+                   lm_outtype=lm_outtype, mmproj_outtype=mmproj_outtype, keep_unquantized=keep_unquantized,
+                   ollama=not no_ollama, ollama_name=name, revision=revision, threads=threads, force=force,
+                   progress=StageProgress(sys.stderr))
+    click.echo(result.summary())
+    if then_verify:
+        ctx.invoke(verify_, build_dir=out, checkpoint=str(result.source.path))
+
+
+@cli.command("verify")
+@click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option("--checkpoint", help="The checkpoint directory (or repo id); default: the build's source.")
+@click.option("--threads", type=click.IntRange(min=1), help="llama.cpp threads (default: 2).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--no-record", is_flag=True, help="Do not write the result into manifest.json.")
+@click.pass_context
+def verify_(ctx: click.Context, build_dir: Path, checkpoint: str | None, threads: int | None = None,
+            as_json: bool = False, no_record: bool = False) -> None:
+    """Parity of a build's GGUFs with the PyTorch reference: tokenizer, text logits, image embeddings.
+
+    Exit 1 when a check is past its bound. Needs torch and transformers.
+    """
+    import json
+
+    from .verify import verify
+
+    report = verify(build_dir, checkpoint, threads=threads, record=not no_record)
+    click.echo(json.dumps(report.as_dict()) if as_json else report.table())
+    if not report.ok:
+        ctx.exit(1)
+
+
+@cli.command("inspect")
+@click.argument("gguf", type=click.Path(path_type=Path))
+@click.option("--tensors", is_flag=True, help="List every tensor too.")
+def inspect_(gguf: Path, tensors: bool) -> None:
+    """Key/values, tensor types and sizes of a GGUF file (its header only: fast on any size)."""
+    from .gguf_inspect import inspect_gguf
+
+    click.echo(inspect_gguf(gguf).text(tensors=tensors))
 
 
 def main() -> None:

@@ -41,3 +41,11 @@ class ModelLoadError(ToolkitError):
 
 class InputError(ToolkitError):
     """A chat input the runtime cannot use: an unreadable or unsupported image or video, or a too-long prompt."""
+
+
+class SourceError(ToolkitError):
+    """A build's SOURCE is neither a checkpoint directory nor a reachable Hugging Face repo id."""
+
+
+class VerifyError(ToolkitError):
+    """Verification cannot run: no build manifest, or the PyTorch reference (torch, transformers) is missing."""

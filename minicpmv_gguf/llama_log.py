@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import ctypes
+from typing import Callable
 
 
 class captured_llama_log:
-    """Collect llama.cpp's log lines during a call instead of printing them."""
+    """Collect llama.cpp's log lines during a call instead of printing them; `on_line` also sees each line."""
+
+    def __init__(self, on_line: Callable[[str], None] | None = None) -> None:
+        self.on_line = on_line
 
     def __enter__(self) -> list[str]:
         import llama_cpp
@@ -14,7 +18,10 @@ class captured_llama_log:
         self.lines: list[str] = []
 
         def collect(level, text, user_data):
-            self.lines.append(text.decode("utf-8", "replace"))
+            line = text.decode("utf-8", "replace")
+            self.lines.append(line)
+            if self.on_line is not None:
+                self.on_line(line)
 
         self._callback = llama_cpp.llama_log_callback(collect)
         llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))

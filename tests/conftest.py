@@ -67,6 +67,25 @@ def convert_cached(tmp_path_factory):
     return convert
 
 
+
+@pytest.fixture(scope="session")
+def convert_mmproj_session(tmp_path_factory):
+    """mmproj(checkpoint, mode, outtype) -> mmproj GGUF path, converted once per session."""
+    from minicpmv_gguf.mmproj import convert_mmproj
+
+    cache: dict[tuple[Path, str, str], Path] = {}
+    out_dir = tmp_path_factory.mktemp("mmproj-session")
+
+    def convert(checkpoint: Path, mode: str = "16x", outtype: str = "f32") -> Path:
+        key = (checkpoint, mode, outtype)
+        if key not in cache:
+            out = out_dir / f"{checkpoint.parent.name}-mmproj-{mode}-{outtype}.gguf"
+            convert_mmproj(checkpoint, out, mode=mode, outtype=outtype)
+            cache[key] = out
+        return cache[key]
+
+    return convert
+
 def tree_digest(path: Path) -> str:
     """A digest of every file under path (names and bytes): proves inputs were not modified."""
     h = hashlib.sha256()

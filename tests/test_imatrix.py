@@ -13,7 +13,8 @@ from minicpmv_gguf.gguf_io import read_kv_types, read_metadata
 from minicpmv_gguf.quantize import load_imatrix, quantize_lm
 from minicpmv_gguf.quantize.imatrix import (GGML_OP_MUL_MAT, GgmlTensor, _check_ggml_abi, _libggml_base,
                                             compute_imatrix)
-from tests.reference import N_THREADS, load_llama, long_text
+from minicpmv_gguf.verify.reference import N_THREADS, load_llama
+from minicpmv_gguf.verify.texts import long_text
 from tests.test_cli_convert import run_cli
 
 CTX, CHUNKS = 64, 3
@@ -61,7 +62,7 @@ def test_sums_of_squares_match_pytorch(imatrix, tiny_ckpt, f32, text):
     import torch
 
     from minicpmv_gguf.convert_hf_to_gguf import plan_lm
-    from tests.fixtures.tiny_checkpoint import load_reference_model
+    from minicpmv_gguf.verify.reference import load_reference_model
 
     ids = load_llama(f32, n_ctx=CTX).tokenize(text.read_text(encoding="utf-8").encode(), add_bos=False)
     chunks = [ids[i * CTX:(i + 1) * CTX] for i in range(CHUNKS)]

@@ -2,33 +2,12 @@
 
 from __future__ import annotations
 
-import random
 import unicodedata
 
 import pytest
 
-from tests.reference import SENTENCES, load_llama
-
-SPECIALS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|image_pad|>", "<image>", "</image>", "<slice>",
-            "</slice>", "<image_id>", "</image_id>", "<think>", "</think>", "<tool_call>"]
-PIECES = [
-    "hello", "Hello", "HELLO", "don't", "it's", "we'll", "I'M", "you're", "0", "42", "3.14159", "1,000,000",
-    "2026-11-21", "x1y2z3", "你好", "世界", "图片里有什么？", "日本語のテキスト", "한국어", "Ελληνικά", "кириллица",
-    "🙂", "🚀🚀", "👨‍👩‍👧", "café", "naïve", "Zürich", "def f(x):", "return x*2", "{\"a\": [1, 2]}", "a+=1;",
-    "#include <stdio.h>", "print('hi')", "  ", "   ", "\t", "\n", "\n\n", "\r\n", " \n ", "...", "!!!", "?!",
-    "@#$%^&*()", "[]{}<>", "/\\|~`", "'\"", "--", "==>", "ﬁ", "Å", "e\u0301",
-]
-
-
-def strings() -> list[str]:
-    """At least 200 strings: the pieces alone, with specials, sentences, and seeded random mixes."""
-    rng = random.Random(0)
-    out = list(PIECES) + list(SENTENCES) + SPECIALS
-    out += [f"{s}{rng.choice(PIECES)}" for s in SPECIALS]
-    while len(out) < 240:
-        k = rng.randint(2, 8)
-        out.append(rng.choice(["", " ", "\n"]).join(rng.choice(PIECES + SPECIALS[:3]) for _ in range(k)))
-    return out
+from minicpmv_gguf.verify.reference import load_llama
+from minicpmv_gguf.verify.texts import tokenizer_strings as strings
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.reference import load_llama, nmse
-from tests.vision_reference import (
+from minicpmv_gguf.verify.bounds import MMPROJ
+from minicpmv_gguf.verify.reference import load_llama, nmse
+from minicpmv_gguf.verify.vision import (
     cosine_rows,
     hf_image_embeddings,
     hf_last_logits,
@@ -48,9 +49,8 @@ CASES = [("16x", s) for s in SHARED] + [("4x", s) for s in SHARED + [(56, 112), 
 DIVERGENT = [("16x", (200, 120), "letterbox"), ("16x", (150, 150), "letterbox"), ("4x", (640, 480), "letterbox"),
              ("16x", (56, 112), "stretch")]  # fmt: skip
 
-# F32 bounds (the spec's): measured worst token cosine 0.999999, worst chunk NMSE 1.5e-6 (fp32 rounding,
-# ggml's FP16 tanh-GELU table), as small for the resampled inputs as for the untouched ones.
-F32_MIN_COS, F32_MAX_NMSE = 0.9999, 1e-5
+# F32 bounds (the spec's); minicpmv_gguf/verify/bounds.py gives the measurements.
+F32_MIN_COS, F32_MAX_NMSE = MMPROJ["F32"]
 
 
 def case_id(value) -> str | None:
@@ -59,7 +59,7 @@ def case_id(value) -> str | None:
 
 
 def image_for(size: tuple[int, int]):
-    from tests.fixtures.tiny_checkpoint import make_image
+    from minicpmv_gguf.verify.reference import make_image
 
     return make_image(*size, seed=size[0] * 1000 + size[1])
 
@@ -85,14 +85,9 @@ def convert_mmproj_cached(tiny_ckpt, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(tiny_ckpt):
     """(float32 model, processor) with the PIL image backend: the resampler mtmd reproduces."""
-    from transformers.models.minicpmv4_6.image_processing_pil_minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
+    from minicpmv_gguf.verify.reference import load_processor, load_reference_model
 
-    from tests.fixtures.tiny_checkpoint import load_processor, load_reference_model
-
-    processor = load_processor(tiny_ckpt)
-    if not isinstance(processor.image_processor, MiniCPMV4_6ImageProcessorPil):  # torchvision installed
-        processor.image_processor = MiniCPMV4_6ImageProcessorPil.from_pretrained(tiny_ckpt)
-    return load_reference_model(tiny_ckpt), processor
+    return load_reference_model(tiny_ckpt), load_processor(tiny_ckpt, pil=True)
 
 
 @pytest.fixture(scope="module")
@@ -147,14 +142,8 @@ def test_divergent_preprocessing_matches_emulation(llm, convert_mmproj_cached, r
     assert cos >= F32_MIN_COS and err <= F32_MAX_NMSE, (cos, err)
 
 
-# (outtype, min token cosine, max chunk NMSE): 5-15x from the worst measured over CASES (both modes):
-# f16 1.9e-6 / 0.9999986, bf16 1.1e-4 / 0.99993, q8_0 6.9e-4 / 0.99949. Why they differ:
-# - 1-D tensors and the position table stay F32 in every file; the patch conv is F16 only in the f16 file.
-# - f16 keeps 11 significant bits and ggml's f16 matmul rounds the activations to f16 as well, which on
-#   these O(1) activations is barely above fp32 noise.
-# - bf16 keeps 8 bits (weights and activations), ~64x the f16 squared error.
-# - q8_0 stores 8-bit blocks of 32 with one scale and quantizes the activations to 8 bits too.
-REDUCED = [("f16", 0.99999, 1e-5), ("bf16", 0.999, 1e-3), ("q8_0", 0.995, 5e-3)]
+# (outtype, min token cosine, max chunk NMSE), as `verify` applies them (minicpmv_gguf/verify/bounds.py).
+REDUCED = [(t.lower(), *MMPROJ[t]) for t in ("F16", "BF16", "Q8_0")]
 
 
 @pytest.mark.parametrize("mode", MODES)

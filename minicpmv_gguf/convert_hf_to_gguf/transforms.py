@@ -19,7 +19,8 @@ def add_one(w: np.ndarray) -> np.ndarray:
 
 def neg_exp(w: np.ndarray) -> np.ndarray:
     """HF stores A_log and uses A = -exp(A_log); llama.cpp's ssm_a holds A itself."""
-    return -np.exp(w)
+    with np.errstate(over="ignore"):  # an overflow to -inf is refused by name when the tensor is written
+        return -np.exp(w)
 
 
 def squeeze_conv1d(w: np.ndarray) -> np.ndarray:

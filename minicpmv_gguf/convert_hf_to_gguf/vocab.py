@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,12 +63,22 @@ def read_vocab(path: Path, vocab_size: int) -> Vocab:
     if model.get("type") != "BPE" or not _has_byte_level(tj):
         raise TokenizerError(f"{tj_path}: not a byte-level BPE tokenizer (model {model.get('type')!r})")
     vocab = model.get("vocab")
-    if not isinstance(vocab, dict):
-        raise TokenizerError(f"{tj_path}: model.vocab is not an object")
-    added = {t["id"]: t for t in tj.get("added_tokens") or [] if isinstance(t, dict) and type(t.get("id")) is int}
+    if not isinstance(vocab, dict) or not all(type(i) is int for i in vocab.values()):
+        raise TokenizerError(f"{tj_path}: model.vocab is not an object of token -> integer id")
+    added = {}
+    for t in tj.get("added_tokens") or []:
+        if not (isinstance(t, dict) and type(t.get("id")) is int and isinstance(t.get("content"), str)):
+            raise TokenizerError(f"{tj_path}: malformed added_tokens entry {t!r} (needs an integer id and a content)")
+        added[t["id"]] = t
 
     id_to_text: dict[int, str] = {i: s for s, i in vocab.items()}
+    if len(id_to_text) != len(vocab):
+        shared = next(i for i, n in Counter(vocab.values()).items() if n > 1)
+        raise TokenizerError(f"{tj_path}: model.vocab gives id {shared} to several tokens")
     id_to_text.update({i: t["content"] for i, t in added.items()})
+    if vocab_size > 2 * len(id_to_text) + 1024:  # mostly padding: not this model's tokenizer (or a huge config)
+        raise TokenizerError(f"{tj_path}: {len(id_to_text)} tokens for an embedding of {vocab_size} rows "
+                             "(config vocab_size): the tokenizer does not belong to this model")
     too_big = sorted(i for i in id_to_text if not 0 <= i < vocab_size)
     if too_big:
         raise TokenizerError(f"{tj_path}: token id {too_big[-1]} does not fit the embedding "
@@ -106,7 +117,7 @@ def read_vocab(path: Path, vocab_size: int) -> Vocab:
         raise TokenizerError(f"{tc_path}: no eos_token")
     pre, recognised = _recognise(tj, text_to_id, vocab_size, tj_path)
     add_bos = tc.get("add_bos_token")
-    return Vocab(tokens, types, _merges(model.get("merges"), tj_path), special_ids,
+    return Vocab(tokens, types, _merges(model.get("merges"), vocab, tj_path), special_ids,
                  add_bos if isinstance(add_bos, bool) else False,
                  read_chat_template(path, tc), pre, recognised)
 
@@ -144,19 +155,23 @@ def _recognise(tj: dict[str, Any], text_to_id: dict[str, int], vocab_size: int, 
     return "qwen35", "byte-level BPE with the Qwen3.5 pre-tokenizer"
 
 
-def _merges(raw: Any, where: Path) -> list[str]:
+def _merges(raw: Any, vocab: dict[str, int], where: Path) -> list[str]:
+    """The merges as llama.cpp reads them; each must join two vocabulary tokens into a third, as the
+    Hugging Face tokenizers library requires when it loads the file."""
     if not isinstance(raw, list):
         raise TokenizerError(f"{where}: model.merges is missing")
-    out = []
-    for m in raw:
-        if isinstance(m, str):
-            out.append(m)
-        elif isinstance(m, list) and len(m) == 2 and all(isinstance(p, str) for p in m):
-            # llama.cpp splits merges on ' ': a literal space in a part is stored as its byte-level 'Ġ'.
-            out.append(" ".join(p.replace(" ", "\u0120") for p in m))
-        else:
-            raise TokenizerError(f"{where}: malformed merge {m!r}")
-    return out
+    pairs = [m.split(" ") if type(m) is str else m for m in raw]
+    bad = [m for m, p in zip(raw, pairs) if not (type(p) is list and len(p) == 2 and type(p[0]) is type(p[1]) is str)]
+    if bad:
+        raise TokenizerError(f"{where}: malformed merge {bad[0]!r}")
+    unknown = [(a, b) for a, b in pairs if a not in vocab or b not in vocab or a + b not in vocab]
+    if unknown:
+        a, b = unknown[0]
+        name = next(t for t in (a, b, a + b) if t not in vocab)
+        raise TokenizerError(f"{where}: merge {a!r} + {b!r} names {name!r}, which is not in model.vocab "
+                             f"({len(unknown)} such merge(s))")
+    # llama.cpp splits merges on ' ': a literal space in a part is stored as its byte-level 'Ġ'.
+    return [m if isinstance(m, str) else " ".join(p.replace(" ", "\u0120") for p in m) for m in raw]
 
 
 def read_chat_template(path: Path, tokenizer_config: dict[str, Any]) -> str:

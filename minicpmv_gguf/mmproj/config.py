@@ -51,10 +51,13 @@ def parse_vision_config(ckpt: Checkpoint) -> VisionConfig:
 
     def get(d: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
         value = d.get(key, default)
-        if kind is float and type(value) is int:
+        if kind is float and type(value) is int and abs(value) < 1e38:
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
             raise CheckpointError(f"{where}: {key}: {'missing' if value is None else f'{value!r} is not {kind.__name__}'}")
+        # GGUF stores these as UINT32 / FLOAT32, and none can be zero or negative.
+        if not 0 < value < (2**31 if kind is int else 1e38):
+            raise CheckpointError(f"{where}: {key}: {value!r} is out of range (a positive {kind.__name__} is needed)")
         return value
 
     if vc.get("hidden_act", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
@@ -75,8 +78,10 @@ def parse_vision_config(ckpt: Checkpoint) -> VisionConfig:
         raise CheckpointError(f"{where}: insert_layer_id {insert!r} is not an encoder layer (0..{n_layers - 1})")
     proc = _processor_config(ckpt.path)
     mean, std = proc["image_mean"], proc["image_std"]
-    if not all(isinstance(x, list) and len(x) == 3 and all(type(v) in (int, float) for v in x) for x in (mean, std)):
-        raise CheckpointError(f"{ckpt.path / 'preprocessor_config.json'}: image_mean/image_std must be 3 numbers each")
+    if not all(isinstance(x, list) and len(x) == 3 and all(type(v) in (int, float) and abs(v) < 1e38 for v in x)
+               for x in (mean, std)) or min(std) <= 0:
+        raise CheckpointError(f"{ckpt.path / 'preprocessor_config.json'}: image_mean/image_std must be 3 finite "
+                              "numbers each, image_std positive")
     return VisionConfig(
         hidden_size=get(vc, "hidden_size", int), intermediate_size=get(vc, "intermediate_size", int),
         num_hidden_layers=n_layers, num_attention_heads=get(vc, "num_attention_heads", int),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GGUFError, OllamaError
-from ..gguf_io import read_gguf_header
+from ..gguf_io import check_gguf_complete
 
 INSTRUCTIONS = ("from", "adapter", "draft", "license", "message", "parameter", "parser", "renderer", "requires",
                 "system", "template")
@@ -280,7 +280,7 @@ def _check_files(commands: list[Command], base: Path) -> list[Problem]:
             problems.append(Problem(c.line, f"{c.instruction.upper()} {c.value}: no such file{pull}"))
         elif c.instruction == "from":
             problems += _classify_from(c, path, found)
-    return problems + _check_layers(found)
+    return problems or _check_layers(found)  # with a FROM file unreadable, its layer is unknown
 
 
 def _classify_from(c: Command, path: Path, found: list[tuple[int, GGUFKind]]) -> list[Problem]:
@@ -321,7 +321,7 @@ def classify_gguf(path: Path) -> GGUFKind:
     Raises:
         GGUFError: not a readable GGUF file.
     """
-    kvs = read_gguf_header(path).kvs
+    kvs = check_gguf_complete(path).kvs  # a truncated GGUF would fail only at `ollama create`
     arch, gtype = str(kvs.get("general.architecture", "")), kvs.get("general.type")
     no_blocks = kvs.get(f"{arch}.block_count", 0) == 0
     encoder = kvs.get(f"{arch}.vision.block_count", 0) > 0 or arch == "clip" and (

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import QuantizeError
+from ..gguf_io import check_gguf_complete
 from ..llama_log import captured_llama_log
 
 Progress = Callable[[int, int], None]  # (chunks done, chunks in all)
@@ -35,6 +36,9 @@ class LlamaSession:
         self.path, self.log, self.model, self.ctx, self.batch = Path(path), log, None, None, None
         if not self.path.is_file():
             raise QuantizeError(f"{path}: file not found")
+        with open(self.path, "rb") as f:
+            if f.read(4) == b"GGUF":  # a truncated GGUF: one clear line before llama.cpp sees it
+                check_gguf_complete(self.path)
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = 0

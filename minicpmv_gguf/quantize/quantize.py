@@ -8,17 +8,20 @@ imatrix GGUF format, an atomic output file, and llama.cpp's log turned into one-
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader
 
 from ..errors import QuantizeError
-from ..gguf_io import atomic_output, read_gguf_header
+from ..gguf_io import atomic_output, check_gguf_complete, read_gguf_header
 from ..llama_log import captured_llama_log
 
 # llama-quantize's names -> llama_ftype (include/llama.h). MoE-only and ternary types are left out.
@@ -95,7 +98,8 @@ def _ggml_type(name: str) -> GGMLQuantizationType:
 
 def quantize_lm(src: Path, out: Path, *, qtype: str = "Q4_K_M", recipe: str | None = None,
                 tensor_types: dict[str, str] | None = None, imatrix: Path | None = None,
-                threads: int | None = None, overwrite: bool = False) -> QuantizeResult:
+                threads: int | None = None, overwrite: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> QuantizeResult:
     """Quantize an LM GGUF with llama.cpp's quantizer.
 
     Args:
@@ -105,6 +109,7 @@ def quantize_lm(src: Path, out: Path, *, qtype: str = "Q4_K_M", recipe: str | No
         tensor_types: extra {regex: ggml type} overrides, applied after the recipe's.
         imatrix: an importance matrix in llama.cpp's imatrix GGUF format (`minicpmv-gguf imatrix`).
         threads: quantizer threads (default: all cores).
+        progress: called with (input tensor bytes done, in all) as llama.cpp moves from tensor to tensor.
     Raises:
         QuantizeError: unknown type, missing imatrix for a low-bit type, unreadable input, llama.cpp failure.
         OutputError: `out` exists without `overwrite`, or cannot be written.
@@ -122,7 +127,8 @@ def quantize_lm(src: Path, out: Path, *, qtype: str = "Q4_K_M", recipe: str | No
         raise QuantizeError(f"{name} needs an importance matrix: make one with `minicpmv-gguf imatrix` and pass --imatrix")
     n_params = _check_input(src)
     with atomic_output(out, overwrite=overwrite) as tmp:
-        _run_quantizer(src, tmp, QUANT_TYPES[name], overrides, load_imatrix(imatrix) if imatrix else None, threads)
+        _run_quantizer(src, tmp, QUANT_TYPES[name], overrides, load_imatrix(imatrix) if imatrix else None, threads,
+                       _tensor_progress(src, progress) if progress else None)
         out_bytes = tmp.stat().st_size
     return QuantizeResult(out, name, src.stat().st_size, out_bytes, n_params, time.perf_counter() - t0)
 
@@ -131,7 +137,7 @@ def _check_input(src: Path) -> int:
     """The input's parameter count, after checking it is an unquantized LM GGUF."""
     if not src.is_file():
         raise QuantizeError(f"{src}: file not found")
-    header = read_gguf_header(src)
+    header = check_gguf_complete(src)  # truncated: refused by name, before llama.cpp reads it
     kv, tensors = header.kvs, header.tensors
     if kv.get("general.architecture") == "clip":
         raise QuantizeError(f"{src}: is an mmproj GGUF; llama.cpp's quantizer handles LM GGUFs only "
@@ -165,8 +171,30 @@ def load_imatrix(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def _tensor_progress(src: Path, progress: Callable[[int, int], None]) -> Callable[[str], None]:
+    """A log-line hook: llama.cpp logs "[ i/ n] NAME - ..." as it starts each tensor, so the ones before are done."""
+    sizes = {t.name: t.nbytes for t in read_gguf_header(src).tensors}
+    total, state = sum(sizes.values()), {"done": 0, "current": 0}
+
+    def on_line(line: str) -> None:
+        m = _TENSOR_LINE.match(line)
+        if m:
+            state["done"] += state["current"]
+            state["current"] = sizes.get(m.group(1), 0)
+            progress(state["done"], total)
+
+    return on_line
+
+
+# Free space under which a failed quantizer run is taken as a full disk: its writes fill the disk to the
+# last block before failing, so far less than this is left.
+_FULL_DISK_BYTES = 1 << 20
+_TENSOR_LINE = re.compile(r"\[\s*\d+/\s*\d+\]\s+(\S+)")
+
+
 def _run_quantizer(src: Path, dst: Path, ftype: int, overrides: dict[str, str],
-                   imatrix: dict[str, np.ndarray] | None, threads: int | None) -> None:
+                   imatrix: dict[str, np.ndarray] | None, threads: int | None,
+                   on_line: Callable[[str], None] | None = None) -> None:
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
@@ -189,9 +217,12 @@ def _run_quantizer(src: Path, dst: Path, ftype: int, overrides: dict[str, str],
             arr[i].size = values.size
         params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
         keep_alive.append(arr)
-    with captured_llama_log() as log:
+    with captured_llama_log(on_line) as log:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
+        if shutil.disk_usage(dst.parent).free < _FULL_DISK_BYTES:
+            # llama.cpp reports a failed write only as "iostream error"; atomic_output names the file.
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
         reason = next((line for line in reversed(log) if "error" in line.lower() or "missing" in line.lower()),
                       log[-1] if log else "no message")
         raise QuantizeError(f"{src}: llama.cpp's quantizer failed: {reason.strip()}")

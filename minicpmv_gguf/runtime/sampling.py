@@ -1,0 +1,101 @@
+"""Choosing each reply token with llama.cpp's sampler chain, and turning tokens back into text."""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+
+from ..errors import InputError
+from .llm import Context, LanguageModel
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen; temperature 0 means greedy (always the most likely token).
+
+    The defaults are OpenBMB's recommendation for MiniCPM-V 4.6 (its llama.cpp guide and
+    generation_config: temperature 0.7, top-p 0.8, top-k 100, repeat penalty 1.05). The chain runs
+    in llama.cpp's order: repeat penalty over the last `repeat_last_n` tokens (prompt text included),
+    top-k, top-p, min-p, temperature, then a draw seeded by `seed` (None: a random seed). With the
+    same seed, inputs and threads a reply is reproducible.
+    """
+
+    temperature: float = 0.7
+    top_p: float = 0.8
+    top_k: int = 100
+    repeat_penalty: float = 1.05
+    repeat_last_n: int = 64
+    min_p: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = [(self.temperature >= 0, "temperature must be >= 0"), (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+                  (self.top_k >= 0, "top_k must be >= 0 (0 turns it off)"),
+                  (self.repeat_penalty > 0, "repeat_penalty must be > 0 (1 turns it off)"),
+                  (self.repeat_last_n >= 0, "repeat_last_n must be >= 0"),
+                  (0 <= self.min_p < 1, "min_p must be in [0, 1)"),
+                  (self.seed is None or 0 <= self.seed < 2**32 - 1, "seed must be in [0, 2^32 - 2]")]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise InputError(f"{message}, got {self!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+GREEDY = Sampling(temperature=0.0, repeat_penalty=1.0)
+
+
+class Sampler:
+    """A llama.cpp sampler chain for one reply, primed with the prompt's text tokens for the repeat penalty."""
+
+    def __init__(self, sampling: Sampling, prompt_tokens: list[int], n_vocab: int) -> None:
+        import llama_cpp as L
+
+        s = sampling
+        self.chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        stages = []
+        if s.repeat_penalty != 1.0 and s.repeat_last_n > 0:
+            stages.append(L.llama_sampler_init_penalties(n_vocab, s.repeat_last_n, s.repeat_penalty, 0.0, 0.0))
+        if s.greedy:
+            stages.append(L.llama_sampler_init_greedy())
+        else:
+            stages += [L.llama_sampler_init_top_k(s.top_k)] if s.top_k > 0 else []
+            stages += [L.llama_sampler_init_top_p(s.top_p, 1)] if s.top_p < 1 else []
+            stages += [L.llama_sampler_init_min_p(s.min_p, 1)] if s.min_p > 0 else []
+            seed = L.LLAMA_DEFAULT_SEED if s.seed is None else s.seed
+            stages += [L.llama_sampler_init_temp(s.temperature), L.llama_sampler_init_dist(seed)]
+        for stage in stages:
+            L.llama_sampler_chain_add(self.chain, stage)  # the chain owns and frees its stages
+        for token in prompt_tokens[-s.repeat_last_n :] if s.repeat_last_n else []:
+            L.llama_sampler_accept(self.chain, token)
+
+    def sample(self, context: Context) -> int:
+        """The next token from the last logits of `context` (the chain also records it for the penalty)."""
+        import llama_cpp as L
+
+        return L.llama_sampler_sample(self.chain, context.ctx, -1)
+
+    def close(self) -> None:
+        import llama_cpp as L
+
+        if self.chain:
+            L.llama_sampler_free(self.chain)
+        self.chain = None
+
+
+class TextStream:
+    """Token bytes in, text out: a character split over two tokens is held back until complete."""
+
+    def __init__(self, lm: LanguageModel) -> None:
+        self.lm, self._decoder, self.raw = lm, codecs.getincrementaldecoder("utf-8")("replace"), bytearray()
+
+    def push(self, token: int) -> str:
+        piece = self.lm.piece(token)
+        self.raw += piece
+        return self._decoder.decode(piece)
+
+    def text(self) -> str:
+        """Everything pushed so far, as text."""
+        return self.raw.decode("utf-8", "replace")
