@@ -81,16 +81,23 @@ class Repl:
     def _ask(self, text: str) -> None:
         images, video = self.images, self.video
         self.images, self.video = [], None  # an attachment goes with one question, even a failed one
-        stream = self.session.stream(text, images, video=video)
-        try:
-            if self.session.thinking:
-                click.echo("<think>")  # the prompt ends with it; the reply continues from there
-            for piece in stream:
-                click.echo(piece, nl=False)
-        except KeyboardInterrupt:
-            stream.close()
-            click.echo("\n(stopped)", err=True)
-        click.echo()
+        echo_stream(self.session, self.session.stream(text, images, video=video))
         reply = self.session.last_reply
         if self.stats and reply is not None:
             click.echo(f"[{reply.stop_reason}] {reply.timings.summary()}", err=True)
+
+
+def echo_stream(session, stream) -> bool:
+    """Print a streamed reply as it comes; Ctrl-C stops the reply only. True if it was interrupted."""
+    try:
+        if session.thinking:
+            click.echo("<think>")  # the prompt ends with it; the reply continues from there
+        for piece in stream:
+            click.echo(piece, nl=False)
+    except KeyboardInterrupt:
+        stream.close()
+        click.echo("\n(stopped)", err=True)
+        click.echo()
+        return True
+    click.echo()
+    return False

@@ -273,17 +273,10 @@ def run(prompt: str, images: tuple[Path, ...], video: Path | None, as_json: bool
                                    "token_ids": list(reply.token_ids), "mode": session.mmproj and session.mmproj.mode,
                                    "timings": reply.timings.as_dict()}, ensure_ascii=False))  # fmt: skip
             return
-        stream = session.stream(prompt, list(images), video=video)
-        try:
-            if session.thinking:
-                click.echo("<think>")  # the prompt ends with it; the reply continues from there
-            for piece in stream:
-                click.echo(piece, nl=False)
-        except KeyboardInterrupt:
-            stream.close()
-            click.echo("\n(stopped)", err=True)
+        from .chat_repl import echo_stream
+
+        if echo_stream(session, session.stream(prompt, list(images), video=video)):
             sys.exit(130)
-        click.echo()
         click.echo(session.last_reply.timings.summary(), err=True)
 
 
