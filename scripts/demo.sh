@@ -5,9 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "setting up .venv (llama-cpp-python compiles from source the first time: about 6 minutes)"
 bash scripts/setup.sh
-CHECKPOINT=examples/tiny-minicpmv46
+CHECKPOINT=examples/minicpmv46-tiny-trained
 .venv/bin/minicpmv-gguf build "$CHECKPOINT" -o demo-out
 .venv/bin/minicpmv-gguf run demo-out/lm-Q4_K_M.gguf --mmproj demo-out/mmproj-16x.gguf \
     --image examples/house.png -p "What is in the picture?" --max-tokens 24 --seed 0
 echo
-echo "(the demo checkpoint is tiny: expect fluent nonsense, not a description)"
+echo "(the demo LM was trained for minutes on Python docs and its vision tower is random: expect docs-like text, not a description)"
