@@ -4,10 +4,10 @@
     python benchmarks/bench_encode.py CHECKPOINT [--workdir DIR] [--repeat 3] [--threads 2]
                                      [--flash-attn auto|on|off] [--only NAME,...] [--results DIR]
 
-1. Converts the checkpoint with our CLI (skipped when the file exists): the LM at F16, the 16x mmproj
-   at F32, F16, BF16 and Q8_0, and the 4x mmproj at F16.
-2. Each configuration then runs in its own subprocess (so peak RSS is per configuration) and encodes
-   one seeded random 448x448 RGB image: one warm-up encode, then the median of --repeat timed ones.
+1. Converts with our CLI (skipped when the file exists): the LM at F16, the 16x mmproj at F32, F16,
+   BF16 and Q8_0, the 4x mmproj at F16.
+2. Each configuration runs in its own subprocess (so peak RSS is per configuration) and encodes one
+   seeded random 448x448 RGB image: one warm-up encode, then the median of --repeat timed ones.
    - llama.cpp: LM + mmproj loaded through llama-cpp-python; the image goes in raw through
      `mtmd_bitmap_init`; only `mtmd_encode_chunk` is timed (not loading, not preprocessing).
    - transformers bf16 and fp32: vision path only (`get_image_features`, 16x), the processor's
@@ -51,7 +51,7 @@ def make_image():
 
 def cpu_model() -> str:
     try:  # Linux; platform.processor() is usually empty there
-        return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or "unknown CPU"
 
@@ -62,7 +62,8 @@ def peak_rss_gb() -> float:
 
 def rss_now_gb() -> float | None:
     try:
-        return next(int(l.split()[1]) * 1024 / 1e9 for l in open("/proc/self/status") if l.startswith("VmRSS:"))
+        status = open("/proc/self/status").read()
+        return next(int(ln.split()[1]) * 1024 / 1e9 for ln in status.splitlines() if ln.startswith("VmRSS:"))
     except (OSError, StopIteration):
         return None
 
@@ -98,8 +99,7 @@ def worker_mtmd(spec: dict) -> dict:
         raise RuntimeError(f"mtmd_init_from_file failed for {spec['mmproj']}")
     rgb = make_image()
     bmp = M.mtmd_bitmap_init(SIDE, SIDE, (ctypes.c_uint8 * rgb.size).from_buffer_copy(rgb.tobytes()))
-    text = M.mtmd_input_text()
-    marker = M.mtmd_default_marker()
+    text, marker = M.mtmd_input_text(), M.mtmd_default_marker()
     text.text, text.text_len, text.add_special, text.parse_special = marker, len(marker), False, True
     chunks = M.mtmd_input_chunks_init()
     if M.mtmd_tokenize(ctx, chunks, ctypes.byref(text), (M.mtmd_bitmap_p_ctypes * 1)(bmp), 1) != 0:
@@ -161,7 +161,8 @@ def run_config(name: str, spec: dict, log: Path) -> dict:
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     res.update(name=name, **spec, returncode=0, median_s=statistics.median(res["times_s"]),
                cpu_per_wall_median=statistics.median(res["cpu_per_wall"]))
-    print(f"{res['tokens']} tokens, median {res['median_s']:.2f} s (runs {', '.join(f'{t:.2f}' for t in res['times_s'])}; "
+    runs = ", ".join(f"{t:.2f}" for t in res["times_s"])
+    print(f"{res['tokens']} tokens, median {res['median_s']:.2f} s (runs {runs}; "
           f"CPU/wall {res['cpu_per_wall_median']:.2f}), peak RSS {res['peak_rss_gb']:.2f} GB")
     return res
 
@@ -170,7 +171,8 @@ def convert(ckpt: Path, workdir: Path, mmprojs: set[tuple[str, str]]) -> None:
     """Write the GGUF files that are missing, with our CLI from this checkout."""
     jobs = [("convert", "f16", workdir / "lm-f16.gguf", [])]
     jobs += [("mmproj", t, workdir / f"mmproj-{m}-{t}.gguf", ["--mode", m]) for m, t in sorted(mmprojs)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))}
+    pythonpath = os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath}  # ours runs from this checkout, as in bench_convert.py
     for command, outtype, out, extra in jobs:
         if out.is_file():
             continue
@@ -181,14 +183,17 @@ def convert(ckpt: Path, workdir: Path, mmprojs: set[tuple[str, str]]) -> None:
 
 def report(rows: list[dict], meta: dict) -> str:
     ref = next((r.get("median_s") for r in rows if r["name"] == REFERENCE), None)
+    lm_rss = next((r["rss_after_lm_load_gb"] for r in rows if r.get("rss_after_lm_load_gb")), None)
     lines = [
         f"# Vision encode benchmark ({SIDE}×{SIDE} image)", "",
         f"- checkpoint: `{meta['checkpoint']}`; {meta['machine']}, {meta['cpus']} CPUs, {meta['threads']} threads",
-        f"- load average (1/5/15 min): {meta['load_avg_before']} before, {meta['load_avg_after']} after; {meta['date']}",
-        f"- llama-cpp-python {meta['llama_cpp_python']} (flash attention `{meta['flash_attn']}`), torch {meta['torch']}, "
-        f"transformers {meta['transformers']}",
+        f"- load average (1/5/15 min): {meta['load_avg_before']} before, {meta['load_avg_after']} after; "
+        f"{meta['date']}; total {meta['total_s']} s",
+        f"- llama-cpp-python {meta['llama_cpp_python']} (flash attention `{meta['flash_attn']}`), "
+        f"torch {meta['torch']}, transformers {meta['transformers']}",
         f"- encode time: median of {meta['repeat']} runs after one warm-up, model load excluded; "
-        "each row in its own process (peak RSS = that process: LM mmapped + mmproj/model + compute)",
+        "each row in its own process (peak RSS = that process: LM mmapped + mmproj/model + compute; "
+        f"RSS after loading the F16 LM, before the mmproj: {fmt(lm_rss, '.2f')} GB)",
         f"- CPU/wall: CPU seconds of all threads per wall second while encoding; below {meta['threads']} means "
         "the process waited for a core (other load), so its time is inflated", "",
         f"| config | file type | tokens | encode s (median) | CPU/wall | peak RSS GB | × {REFERENCE} |",
@@ -197,7 +202,8 @@ def report(rows: list[dict], meta: dict) -> str:
     for r in rows:
         ftype = r["type"].upper() + (" mmproj" if r["engine"] == "mtmd" else " torch")
         lines.append(f"| {r['name']} | {ftype} | {r.get('tokens', '—')} | {fmt(r.get('median_s'), '.2f')} | "
-                     f"{fmt(r.get('cpu_per_wall_median'), '.2f')} | {fmt(r.get('peak_rss_gb'), '.2f')} | {ratio(r.get('median_s'), ref)} |")
+                     f"{fmt(r.get('cpu_per_wall_median'), '.2f')} | {fmt(r.get('peak_rss_gb'), '.2f')} | "
+                     f"{ratio(r.get('median_s'), ref)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -224,12 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown config(s) {sorted(unknown)}; known: {list(CONFIGS)}")
     ckpt, workdir = args.checkpoint.resolve(), args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    convert(ckpt, workdir, {CONFIGS[n][1:] for n in names if CONFIGS[n][0] == "mtmd"})
-
-    load_before = [round(x, 2) for x in os.getloadavg()]  # after converting: what the encodes compete with
-    if load_before[0] > 0.5:
+    start, load_before = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]  # before our own work
+    if load_before[0] > 0.5:  # other work inflates encode times; the CPU/wall column shows by how much
         print(f"warning: 1-minute load average is {load_before[0]:.2f}; encode times may be inflated")
+    convert(ckpt, workdir, {CONFIGS[n][1:] for n in names if CONFIGS[n][0] == "mtmd"})
     rows = []
     for name in names:
         engine, mode, dtype = CONFIGS[name]
@@ -246,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             "llama_cpp_python": package_version("llama-cpp-python"), "torch": package_version("torch"),
             "transformers": package_version("transformers"), "total_s": round(time.perf_counter() - start, 1)}
     md = report(rows, meta)
-    print("\n" + md + f"\ntotal {meta['total_s']} s")
+    print("\n" + md)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "encode.md").write_text(md)
     (args.results / "encode.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
