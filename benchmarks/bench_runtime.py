@@ -24,18 +24,21 @@ import platform
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_convert import CACHE, RESULTS, fmt, package_version, ratio  # noqa: E402
 from bench_encode import cpu_model, peak_rss_gb  # noqa: E402
 
 PROMPT_TOKENS, NEW_TOKENS, SIDE = 256, 64, 448
+REPEATS = 3  # timed runs per measurement (not transformers' 64-token generate); the median is reported
 QUESTION = "Describe the image."
 # name -> (engine, variant): ours rows: "text" or an mmproj file stem; hf rows: torch dtype
 CONFIGS = {
     "ours Q4_K_M text": ("ours", "text"), "ours Q4_K_M + 16x f16": ("ours", "mmproj-16x-f16"),
     "ours Q4_K_M + 16x q8_0": ("ours", "mmproj-16x-q8_0"), "ours Q4_K_M + 16x bf16": ("ours", "mmproj-16x-bf16"),
-    "ours Q4_K_M + 4x f16": ("ours", "mmproj-4x-f16"),
+    "ours Q4_K_M + 4x f16": ("ours", "mmproj-4x-f16"), "ours Q4_K_M + 4x q8_0": ("ours", "mmproj-4x-q8_0"),
+    "ours Q4_K_M + 4x bf16": ("ours", "mmproj-4x-bf16"),
     "transformers bf16": ("hf", "bf16"), "transformers fp32": ("hf", "fp32"),
 }  # fmt: skip
 REFERENCE = "transformers bf16"
@@ -66,16 +69,26 @@ def worker_ours(spec: dict) -> dict:
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if len(chat.prompt_ids(text[:mid])) <= PROMPT_TOKENS else (lo, mid - 1)
         chat.send("Hello.", max_tokens=4)  # warm-up: first-use allocations
-        chat.reset()
-        t = chat.send(text[:lo]).timings
-        out.update(prompt_tokens=t.prompt_tokens, prefill_s=t.prefill_s, prefill_tps=t.prefill_tokens_per_s,
-                   new_tokens=t.generated_tokens, decode_s=t.decode_s, decode_tps=t.decode_tokens_per_s)
+        runs = []
+        for _ in range(REPEATS):
+            chat.reset()
+            runs.append(chat.send(text[:lo]).timings)
+        t = runs[0]
+        out.update(prompt_tokens=t.prompt_tokens, prefill_s=median(r.prefill_s for r in runs),
+                   prefill_tps=median(r.prefill_tokens_per_s for r in runs), new_tokens=t.generated_tokens,
+                   decode_s=median(r.decode_s for r in runs), decode_tps=median(r.decode_tokens_per_s for r in runs),
+                   prefill_tps_runs=[r.prefill_tokens_per_s for r in runs],
+                   decode_tps_runs=[r.decode_tokens_per_s for r in runs])
     else:
         cold = chat.send(QUESTION, images=[image(1)], max_tokens=1).timings  # warm-up (loads the mmproj)
-        chat.reset()
-        t = chat.send(QUESTION, images=[image(0)], max_tokens=1).timings
+        runs = []
+        for _ in range(REPEATS):
+            chat.reset()
+            runs.append(chat.send(QUESTION, images=[image(0)], max_tokens=1).timings)
+        t = runs[0]
         out.update(cold_encode_s=cold.encode_s, image_tokens=t.image_tokens, prompt_tokens=t.prompt_tokens,
-                   encode_s=t.encode_s, image_prefill_s=t.prefill_s, ttft_s=t.first_token_s)
+                   encode_s=median(r.encode_s for r in runs), image_prefill_s=median(r.prefill_s for r in runs),
+                   ttft_s=median(r.first_token_s for r in runs), ttft_s_runs=[r.first_token_s for r in runs])
     out["peak_rss_gb"] = peak_rss_gb()
     return out
 
@@ -96,9 +109,12 @@ def worker_hf(spec: dict) -> dict:
     ids = proc.tokenizer(filler(PROMPT_TOKENS * 2), return_tensors="pt").input_ids[:, :PROMPT_TOKENS]
     with torch.inference_mode():
         model(input_ids=ids[:, :16])  # warm-up
-        t0 = time.perf_counter()
-        model(input_ids=ids)
-        prefill = time.perf_counter() - t0
+        prefills = []
+        for _ in range(REPEATS):
+            t0 = time.perf_counter()
+            model(input_ids=ids)
+            prefills.append(time.perf_counter() - t0)
+        prefill = median(prefills)
         t0 = time.perf_counter()
         gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
                              min_new_tokens=NEW_TOKENS, do_sample=False)
@@ -112,10 +128,13 @@ def worker_hf(spec: dict) -> dict:
                                                  {"type": "text", "text": QUESTION}]}]
             inputs = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True,
                                               return_tensors="pt")
+            ttfts = []
             with torch.inference_mode():
-                t0 = time.perf_counter()
-                model.generate(**inputs, max_new_tokens=1, do_sample=False)
-                out["ttft_s"] = time.perf_counter() - t0
+                for _ in range(REPEATS):
+                    t0 = time.perf_counter()
+                    model.generate(**inputs, max_new_tokens=1, do_sample=False)
+                    ttfts.append(time.perf_counter() - t0)
+            out.update(ttft_s=median(ttfts), ttft_s_runs=ttfts)
             out["prompt_tokens_image"] = int(inputs["input_ids"].shape[1])
         except Exception as e:  # noqa: BLE001 - report, keep the text numbers
             out["image_error"] = f"{type(e).__name__}: {e}"[:300]
@@ -132,19 +151,21 @@ def report(rows: list[dict], meta: dict) -> str:
         f"{meta['load_avg_before']} before, {meta['load_avg_after']} after; {meta['date']}",
         f"- llama-cpp-python {meta['llama_cpp_python']}, torch {meta['torch']}, transformers {meta['transformers']}",
         f"- text: {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} greedy new tokens; image: seeded random {SIDE}×{SIDE} "
-        f"RGB + \"{QUESTION}\"; TTFT = encode + prefill + first token (warm, mmproj already loaded for ours)",
+        f"RGB + \"{QUESTION}\"; load = open the LM (ours) or from_pretrained + processor (transformers); TTFT = encode + prefill + first token (warm, mmproj already loaded for ours)",
+        f"- prefill, TTFT and encode: median of {REPEATS} runs; decode: ours median of {REPEATS}, transformers one "
+        f"{NEW_TOKENS}-token generate",
         "- each row in its own process; ratios are × the transformers bf16 value (higher = faster for tok/s, "
         "lower = faster for seconds)", "",
-        "| config | prefill tok/s | decode tok/s (tokens) | TTFT with image s | image encode s | peak RSS GB "
+        "| config | load s | prefill tok/s | decode tok/s (tokens) | TTFT with image s | image encode s | peak RSS GB "
         f"| prefill × bf16 | decode × bf16 | TTFT × bf16 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r["returncode"] != 0:
-            lines.append(f"| {r['name']} | failed (exit {r['returncode']}) | | | | | | | |")
+            lines.append(f"| {r['name']} | failed (exit {r['returncode']}) | | | | | | | | |")
             continue
         dec = f"{fmt(r.get('decode_tps'), '.1f')} ({r['new_tokens']})" if "new_tokens" in r else "—"
-        lines.append(f"| {r['name']} | {fmt(r.get('prefill_tps'), '.1f')} | {dec} | {fmt(r.get('ttft_s'), '.2f')} | "
+        lines.append(f"| {r['name']} | {fmt(r.get('load_s'), '.1f')} | {fmt(r.get('prefill_tps'), '.1f')} | {dec} | {fmt(r.get('ttft_s'), '.2f')} | "
                      f"{fmt(r.get('encode_s'), '.2f')} | {fmt(r.get('peak_rss_gb'), '.2f')} | "
                      f"{ratio(r.get('prefill_tps'), ref.get('prefill_tps'))} | {ratio(r.get('decode_tps'), ref.get('decode_tps'))} | "
                      f"{ratio(r.get('ttft_s'), ref.get('ttft_s'))} |")
@@ -190,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             "total_s": round(time.perf_counter() - start, 1)}
     md = report(rows, meta)
     print("\n" + md + f"\ntotal {meta['total_s']} s")
+    args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "runtime.md").write_text(md)
     (args.results / "runtime.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.results / 'runtime.md'} and runtime.json")

@@ -246,7 +246,7 @@ def _read_tensor_info(f: BinaryIO, limit: int) -> TensorInfo:
     return TensorInfo(name, ggml_type.name, shape, tensor_nbytes(shape, ggml_type), offset)
 
 
-def check_gguf_complete(path: Path) -> GGUFHeader:
+def check_gguf_complete(path: Path, *, array_head: int = 0) -> GGUFHeader:
     """read_gguf_header, and every tensor's data inside the file: a truncated GGUF fails here, by name.
 
     llama.cpp makes the same check when loading, but only after reading the header, and some tools
@@ -255,7 +255,7 @@ def check_gguf_complete(path: Path) -> GGUFHeader:
         GGUFError: not a readable GGUF, or truncated (a tensor's data runs past the end of the file).
     """
     path = Path(path)
-    header = read_gguf_header(path)
+    header = read_gguf_header(path, array_head=array_head)
     size = path.stat().st_size
     for t in header.tensors:
         end = header.data_offset + (t.offset or 0) + t.nbytes
