@@ -242,6 +242,22 @@ def test_vision_is_loaded_only_while_encoding(model, tiny_files):
         assert chat.vision_loaded
 
 
+def test_mmproj_is_freed_before_the_text_after_the_last_image(model, tiny_files, monkeypatch):
+    # The turn's memory peak was the text after the image with the mmproj still loaded (full size: 1.92 GB).
+    with model.chat(max_tokens=2) as chat:
+        ids = chat.prompt_ids(QUESTION, [tiny_files.image_a])
+        image_end = len(ids) - ids[::-1].index(-1)  # the position after the last image embedding
+        seen, decode = [], chat.context.decode
+
+        def spy(tokens, pos0, *, logits_last):
+            seen.append((pos0 >= image_end, chat.vision_loaded))
+            decode(tokens, pos0, logits_last=logits_last)
+
+        monkeypatch.setattr(chat.context, "decode", spy)
+        chat.send(QUESTION, [tiny_files.image_a])
+    assert (False, True) in seen and (True, False) in seen and (True, True) not in seen, seen
+
+
 def test_physical_cores():
     import os
 
