@@ -55,6 +55,15 @@ def filler(n_words: int) -> str:
     return " ".join(words[i % len(words)] for i in range(n_words))
 
 
+def repeated(chat, ask) -> list:
+    """The Timings of REPEATS replies to `ask()`, each in a conversation reset first."""
+    runs = []
+    for _ in range(REPEATS):
+        chat.reset()
+        runs.append(ask().timings)
+    return runs
+
+
 def worker_ours(spec: dict) -> dict:
     from minicpmv_gguf.runtime import GREEDY, open_model
 
@@ -73,10 +82,7 @@ def worker_ours(spec: dict) -> dict:
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if len(chat.prompt_ids(text[:mid])) <= PROMPT_TOKENS else (lo, mid - 1)
         chat.send("Hello.", max_tokens=4)  # warm-up: first-use allocations
-        runs = []
-        for _ in range(REPEATS):
-            chat.reset()
-            runs.append(chat.send(text[:lo]).timings)
+        runs = repeated(chat, lambda: chat.send(text[:lo]))
         t = runs[0]
         out.update(prompt_tokens=t.prompt_tokens, prefill_s=median(r.prefill_s for r in runs),
                    prefill_tps=median(r.prefill_tokens_per_s for r in runs), new_tokens=t.generated_tokens,
@@ -85,10 +91,7 @@ def worker_ours(spec: dict) -> dict:
                    decode_tps_runs=[r.decode_tokens_per_s for r in runs])
     else:
         chat.send(QUESTION, images=[image(1)], max_tokens=1)  # loads the mmproj into `chat` (kept)
-        runs = []
-        for _ in range(REPEATS):
-            chat.reset()
-            runs.append(chat.send(QUESTION, images=[image(0)], max_tokens=1).timings)
+        runs = repeated(chat, lambda: chat.send(QUESTION, images=[image(0)], max_tokens=1))
         t = runs[0]
         out.update(cold_encode_s=cold.encode_s, image_tokens=t.image_tokens, prompt_tokens=t.prompt_tokens,
                    encode_s=median(r.encode_s for r in runs), image_prefill_s=median(r.prefill_s for r in runs),

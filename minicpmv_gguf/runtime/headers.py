@@ -3,7 +3,7 @@
 llama.cpp rejects most bad files politely, but clip.cpp asserts (aborting the process) on a wrong key
 type, a position table that is not 70x70 or an mmproj narrower than the LM. Every check here runs on
 the header alone, read by gguf_io's fast reader: gguf-py's GGUFReader parses the 248k-token vocabulary
-(11 s and ~0.9 GB on the full-size LM, measured), which would dominate the time to open a model.
+(11 s on the full-size LM, measured), which would dominate the time to open a model.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _value(header: GGUFHeader, key: str) -> Any:
 def _types(header: GGUFHeader, key: str) -> tuple[str, ...]:
     """The stored type of a key as gguf-py spells it: ("UINT32",) or ("ARRAY", "FLOAT32")."""
     value = header.kvs.get(key)
-    return ("ARRAY", value.type) if isinstance(value, ArraySummary) else ((header.kv_types or {})[key],)
+    return ("ARRAY", value.type) if isinstance(value, ArraySummary) else (header.kv_types[key],)
 
 
 def _architecture(header: GGUFHeader) -> str | None:
