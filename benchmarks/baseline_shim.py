@@ -37,8 +37,12 @@ def main() -> None:
         try:
             return original(self, tokenizer)
         except NotImplementedError:
-            print(f"[baseline_shim] pre-tokenizer hash not recognized (synthetic tokenizer): "
-                  f"using tokenizer.ggml.pre = {FALLBACK_PRE!r}", file=sys.stderr, flush=True)
+            print(
+                f"[baseline_shim] pre-tokenizer hash not recognized (synthetic tokenizer): "
+                f"using tokenizer.ggml.pre = {FALLBACK_PRE!r}",
+                file=sys.stderr,
+                flush=True,
+            )
             return FALLBACK_PRE
 
     TextModel.get_vocab_base_pre = get_vocab_base_pre

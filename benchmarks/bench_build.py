@@ -85,44 +85,71 @@ def run_row(name: str, cmd: list[str], log: Path, env: dict) -> dict:
     rc, wall, rss = timed(cmd, log, env)
     stop.set()
     t.join()
-    print(f"[{name}] exit {rc}: wall {fmt(wall, '.1f')} s, peak RSS {fmt(rss, '.2f')} GB "
-          f"(tree {peak[0]:.2f} GB)", flush=True)
-    return {"name": name, "cmd": shown, "returncode": rc, "wall_s": wall, "peak_rss_gb": rss,
-            "tree_peak_gb": round(peak[0], 3), "log": str(log)}
+    print(
+        f"[{name}] exit {rc}: wall {fmt(wall, '.1f')} s, peak RSS {fmt(rss, '.2f')} GB (tree {peak[0]:.2f} GB)",
+        flush=True,
+    )
+    return {
+        "name": name,
+        "cmd": shown,
+        "returncode": rc,
+        "wall_s": wall,
+        "peak_rss_gb": rss,
+        "tree_peak_gb": round(peak[0], 3),
+        "log": str(log),
+    }
 
 
 def report(rows: list[dict], stages: dict, meta: dict) -> str:
     by = {r["name"]: r for r in rows}
     base = [r for r in rows if r["name"].startswith("baseline")]
     ok = all(r["returncode"] == 0 for r in base)
-    total = {"wall_s": sum(r["wall_s"] or 0 for r in base) if ok else None,
-             "peak_rss_gb": max((r["peak_rss_gb"] or 0 for r in base), default=None) if ok else None,
-             "tree_peak_gb": max((r["tree_peak_gb"] for r in base), default=None) if ok else None}
+    total = {
+        "wall_s": sum(r["wall_s"] or 0 for r in base) if ok else None,
+        "peak_rss_gb": max((r["peak_rss_gb"] or 0 for r in base), default=None) if ok else None,
+        "tree_peak_gb": max((r["tree_peak_gb"] for r in base), default=None) if ok else None,
+    }
     lines = [
-        f"# Build benchmark: checkpoint -> {meta['quant']} LM + 16x mmproj (+ Ollama package, manifest)", "",
-        f"- checkpoint `{meta['checkpoint']}` ({meta['checkpoint_gb']:.2f} GB of safetensors, random weights, full size)",
+        f"# Build benchmark: checkpoint -> {meta['quant']} LM + 16x mmproj (+ Ollama package, manifest)",
+        "",
+        f"- checkpoint `{meta['checkpoint']}` ({meta['checkpoint_gb']:.2f} GB of safetensors, "
+        "random weights, full size)",
         f"- {meta['machine']}, {meta['cpus']} CPUs; load average (1/5/15 min) {meta['load_avg_before']} before, "
         f"{meta['load_avg_after']} after; {meta['date']}",
         f"- baseline: llama.cpp `convert_hf_to_gguf.py` (llama-cpp-python {meta['baseline_version']} sdist) and "
         f"llama.cpp's quantizer (libllama of llama-cpp-python {meta['llama_cpp_python']})",
         "- each row once, in its own process under `/usr/bin/time -v`; warm page cache; peak RSS = largest "
-        "single process, tree = largest sampled sum over the process and its children", "",
-        "| row | wall s | peak RSS GB | tree GB | exit |", "|---|---:|---:|---:|---:|",
+        "single process, tree = largest sampled sum over the process and its children",
+        "",
+        "| row | wall s | peak RSS GB | tree GB | exit |",
+        "|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['name']} | {fmt(r['wall_s'], '.1f')} | {fmt(r['peak_rss_gb'], '.2f')} | "
-                     f"{fmt(r['tree_peak_gb'], '.2f')} | {r['returncode']} |")
-    lines.append(f"| **baseline total** (LM + quantize + mmproj, one after another) | {fmt(total['wall_s'], '.1f')} | "
-                 f"{fmt(total['peak_rss_gb'], '.2f')} | {fmt(total['tree_peak_gb'], '.2f')} | |")
+        lines.append(
+            f"| {r['name']} | {fmt(r['wall_s'], '.1f')} | {fmt(r['peak_rss_gb'], '.2f')} | "
+            f"{fmt(r['tree_peak_gb'], '.2f')} | {r['returncode']} |"
+        )
+    lines.append(
+        f"| **baseline total** (LM + quantize + mmproj, one after another) | {fmt(total['wall_s'], '.1f')} | "
+        f"{fmt(total['peak_rss_gb'], '.2f')} | {fmt(total['tree_peak_gb'], '.2f')} | |"
+    )
     ours = by.get("ours build", {})
     if ours.get("returncode") == 0 and ok:
-        lines += ["", f"ours build / baseline total: wall {ratio(ours['wall_s'], total['wall_s'])}, "
-                      f"peak RSS {ratio(ours['peak_rss_gb'], total['peak_rss_gb'])}, "
-                      f"tree {ratio(ours['tree_peak_gb'], total['tree_peak_gb'])} (below 1 is better)"]
+        lines += [
+            "",
+            f"ours build / baseline total: wall {ratio(ours['wall_s'], total['wall_s'])}, "
+            f"peak RSS {ratio(ours['peak_rss_gb'], total['peak_rss_gb'])}, "
+            f"tree {ratio(ours['tree_peak_gb'], total['tree_peak_gb'])} (below 1 is better)",
+        ]
     if stages:
-        lines += ["", "Our build's stages (seconds, from its progress lines; hashing the outputs included):", "",
-                  "| " + " | ".join(stages) + " |", "|" + "---:|" * len(stages),
-                  "| " + " | ".join(fmt(s, ".1f") for s in stages.values()) + " |"]
+        lines += [
+            "",
+            "Our build's stages (seconds, from its progress lines; hashing the outputs included):",
+            "",
+            "| " + " | ".join(stages) + " |",
+            "|" + "---:|" * len(stages),
+            "| " + " | ".join(fmt(s, ".1f") for s in stages.values()) + " |",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -147,33 +174,64 @@ def main(argv: list[str] | None = None) -> int:
     shim = [sys.executable, str(HERE / "baseline_shim.py"), str(llama_dir), str(ckpt)]
     base_lm, base_q = work / "baseline-lm-bf16.gguf", work / f"baseline-lm-{args.quant}.gguf"
     rows = [
-        run_row("baseline LM (convert_hf_to_gguf.py, bf16)", [*shim, "--outfile", str(base_lm), "--outtype", "bf16",
-                "--no-mtp"], work / "baseline-lm.log", env),
-        run_row(f"baseline quantize ({args.quant})", [sys.executable, "-c", QUANTIZE, str(base_lm), str(base_q),
-                args.quant], work / "baseline-quantize.log", env),
-        run_row("baseline mmproj (convert_hf_to_gguf.py --mmproj, f16)", [*shim, "--mmproj", "--outfile",
-                str(work / "baseline-mmproj-f16.gguf"), "--outtype", "f16"], work / "baseline-mmproj.log", env),
+        run_row(
+            "baseline LM (convert_hf_to_gguf.py, bf16)",
+            [*shim, "--outfile", str(base_lm), "--outtype", "bf16", "--no-mtp"],
+            work / "baseline-lm.log",
+            env,
+        ),
+        run_row(
+            f"baseline quantize ({args.quant})",
+            [sys.executable, "-c", QUANTIZE, str(base_lm), str(base_q), args.quant],
+            work / "baseline-quantize.log",
+            env,
+        ),
+        run_row(
+            "baseline mmproj (convert_hf_to_gguf.py --mmproj, f16)",
+            [*shim, "--mmproj", "--outfile", str(work / "baseline-mmproj-f16.gguf"), "--outtype", "f16"],
+            work / "baseline-mmproj.log",
+            env,
+        ),
     ]
     for p in work.glob("baseline-*.gguf"):
         p.unlink()  # room on disk for ours
-    build = [sys.executable, "-m", "minicpmv_gguf.cli", "build", str(ckpt), "-o", str(work / "ours"),
-             "--quant", args.quant]
+    build = [
+        sys.executable,
+        "-m",
+        "minicpmv_gguf.cli",
+        "build",
+        str(ckpt),
+        "-o",
+        str(work / "ours"),
+        "--quant",
+        args.quant,
+    ]
     rows.append(run_row("ours build", build, work / "ours-build.log", env))
     # "[2/5] convert: done in 4.5 s (...)": the build's own per-stage times (hashing its outputs included)
-    stages = {m[1]: float(m[2]) for m in re.finditer(r"^\[\d+/\d+\] (\S+): done in ([\d.]+) s",
-                                                      (work / "ours-build.log").read_text(), re.M)}
+    stages = {
+        m[1]: float(m[2])
+        for m in re.finditer(r"^\[\d+/\d+\] (\S+): done in ([\d.]+) s", (work / "ours-build.log").read_text(), re.M)
+    }
     rows.append(run_row("ours build again (all stages up to date)", build, work / "ours-build-again.log", env))
-    meta = {"checkpoint": str(ckpt), "quant": args.quant, "cpus": os.cpu_count(),
-            "checkpoint_gb": sum(p.stat().st_size for p in ckpt.glob("*.safetensors")) / 1e9,
-            "machine": f"{platform.system()} {platform.machine()} ({cpu_model()})", "load_avg_before": load_before,
-            "load_avg_after": [round(x, 2) for x in os.getloadavg()], "date": time.strftime("%Y-%m-%d %H:%M"),
-            "baseline_version": llama_dir.name.rsplit("-", 1)[-1],
-            "llama_cpp_python": package_version("llama-cpp-python")}
+    meta = {
+        "checkpoint": str(ckpt),
+        "quant": args.quant,
+        "cpus": os.cpu_count(),
+        "checkpoint_gb": sum(p.stat().st_size for p in ckpt.glob("*.safetensors")) / 1e9,
+        "machine": f"{platform.system()} {platform.machine()} ({cpu_model()})",
+        "load_avg_before": load_before,
+        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "baseline_version": llama_dir.name.rsplit("-", 1)[-1],
+        "llama_cpp_python": package_version("llama-cpp-python"),
+    }
     md = report(rows, stages, meta)
     print("\n" + md)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "build.md").write_text(md)
-    (args.results / "build.json").write_text(json.dumps({"meta": meta, "rows": rows, "stages": stages}, indent=2) + "\n")
+    (args.results / "build.json").write_text(
+        json.dumps({"meta": meta, "rows": rows, "stages": stages}, indent=2) + "\n"
+    )
     print(f"wrote {args.results / 'build.md'} and build.json")
     return 0 if all(r["returncode"] == 0 for r in rows) else 1
 

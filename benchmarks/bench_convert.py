@@ -70,15 +70,28 @@ def fetch_baseline(cache: Path = CACHE, version: str = BASELINE_VERSION) -> Path
     sdist = dl / f"llama_cpp_python-{version}.tar.gz"
     if not sdist.is_file():
         print(f"fetching llama-cpp-python=={version} sdist (~75 MB) into {dl}")
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                        f"llama-cpp-python=={version}", "-d", str(dl)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                f"llama-cpp-python=={version}",
+                "-d",
+                str(dl),
+            ],
+            check=True,
+        )
     prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
     tmp = cache / f".extract-{version}"
     shutil.rmtree(tmp, ignore_errors=True)  # left over from an interrupted extraction
     with tarfile.open(sdist) as tar:
         members = []
         for m in tar.getmembers():
-            rel = m.name[len(prefix):] if m.name.startswith(prefix) else None
+            rel = m.name[len(prefix) :] if m.name.startswith(prefix) else None
             if rel and any(rel == f or (f.endswith("/") and rel.startswith(f)) for f in BASELINE_FILES):
                 m.name = rel
                 members.append(m)
@@ -93,8 +106,9 @@ def timed(cmd: list[str], log: Path, env: dict[str, str]) -> tuple[int, float | 
     """Run cmd under /usr/bin/time -v; return (returncode, wall seconds, peak RSS in GB)."""
     stats = log.with_suffix(".time")
     with open(log, "w") as f:
-        proc = subprocess.run(["/usr/bin/time", "-v", "-o", str(stats), *cmd],
-                              stdout=f, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.run(
+            ["/usr/bin/time", "-v", "-o", str(stats), *cmd], stdout=f, stderr=subprocess.STDOUT, env=env
+        )
     text = stats.read_text() if stats.exists() else ""
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", text)
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
@@ -123,14 +137,33 @@ def measure(ctx: dict, row: str, tool: str) -> Run:
 
 
 def baseline_cmd(ctx: dict, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(HERE / "baseline_shim.py"), str(ctx["llama_dir"]), str(ctx["ckpt"]),
-            "--outfile", str(out), "--outtype", ctx["outtype"], *extra]
+    return [
+        sys.executable,
+        str(HERE / "baseline_shim.py"),
+        str(ctx["llama_dir"]),
+        str(ctx["ckpt"]),
+        "--outfile",
+        str(out),
+        "--outtype",
+        ctx["outtype"],
+        *extra,
+    ]
 
 
 def ours_cmd(ctx: dict, command: str, out: Path) -> list[str]:
     # `-m minicpmv_gguf.cli` works without the console script on PATH (e.g. an uninstalled checkout).
-    return [sys.executable, "-m", "minicpmv_gguf.cli", command, str(ctx["ckpt"]), "-o", str(out),
-            "--outtype", ctx["outtype"], "--force"]
+    return [
+        sys.executable,
+        "-m",
+        "minicpmv_gguf.cli",
+        command,
+        str(ctx["ckpt"]),
+        "-o",
+        str(out),
+        "--outtype",
+        ctx["outtype"],
+        "--force",
+    ]
 
 
 def baseline_lm(ctx: dict, out: Path) -> list[str]:
@@ -164,32 +197,43 @@ def ratio(a: float | None, b: float | None) -> str:
 
 def report(runs: list[Run], meta: dict) -> str:
     lines = [
-        f"# Conversion benchmark ({meta['outtype']})", "",
+        f"# Conversion benchmark ({meta['outtype']})",
+        "",
         f"- checkpoint: `{meta['checkpoint']}` ({meta['checkpoint_gb']:.2f} GB of safetensors)",
         f"- machine: {meta['machine']}, {meta['cpus']} CPUs, 1-min load average {meta['load_avg_before']} "
         f"before the runs; Python {meta['python']}, torch {meta['torch']}; {meta['date']}",
         f"- baseline: llama.cpp `convert_hf_to_gguf.py` from llama-cpp-python {BASELINE_VERSION}",
         "- each tool ran once, baseline first, in its own process under `/usr/bin/time -v`;",
-        "  the checkpoint was read once beforehand, so the file cache was warm for every tool", "",
+        "  the checkpoint was read once beforehand, so the file cache was warm for every tool",
+        "",
         "| row | tool | wall s | peak RSS GB | output GB | exit |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for r in runs:
         out_gb = None if r.out_bytes is None else r.out_bytes / 1e9
-        lines.append(f"| {r.row} | {r.tool} | {fmt(r.wall_s, '.1f')} | {fmt(r.peak_rss_gb, '.2f')} | "
-                     f"{fmt(out_gb, '.3f')} | {r.returncode} |")
+        lines.append(
+            f"| {r.row} | {r.tool} | {fmt(r.wall_s, '.1f')} | {fmt(r.peak_rss_gb, '.2f')} | "
+            f"{fmt(out_gb, '.3f')} | {r.returncode} |"
+        )
     by = {(r.row, r.tool): r for r in runs}
     pairs = [row for row in ROWS if (row, "baseline") in by and (row, "ours") in by]
     if pairs:
-        lines += ["", "Ratios, ours / baseline (below 1 is better for time and memory):", "",
-                  "| row | wall | peak RSS | output size |", "|---|---:|---:|---:|"]
+        lines += [
+            "",
+            "Ratios, ours / baseline (below 1 is better for time and memory):",
+            "",
+            "| row | wall | peak RSS | output size |",
+            "|---|---:|---:|---:|",
+        ]
         for row in pairs:
             b, o = by[row, "baseline"], by[row, "ours"]
             if b.returncode or o.returncode:  # a failed run's numbers are not comparable
                 lines.append(f"| {row} | — | — | — |")
                 continue
-            lines.append(f"| {row} | {ratio(o.wall_s, b.wall_s)} | {ratio(o.peak_rss_gb, b.peak_rss_gb)} | "
-                         f"{ratio(o.out_bytes, b.out_bytes)} |")
+            lines.append(
+                f"| {row} | {ratio(o.wall_s, b.wall_s)} | {ratio(o.peak_rss_gb, b.peak_rss_gb)} | "
+                f"{ratio(o.out_bytes, b.out_bytes)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -231,8 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     # Ours runs from this checkout even when the package is not installed.
     pythonpath = os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))
     env = {"baseline": {**os.environ, **offline}, "ours": {**os.environ, **offline, "PYTHONPATH": pythonpath}}
-    ctx = {"ckpt": ckpt, "workdir": workdir, "outtype": args.outtype, "env": env,
-           "llama_dir": fetch_baseline() if args.only != "ours" else None}
+    ctx = {
+        "ckpt": ckpt,
+        "workdir": workdir,
+        "outtype": args.outtype,
+        "env": env,
+        "llama_dir": fetch_baseline() if args.only != "ours" else None,
+    }
 
     load = os.getloadavg()[0]  # before our own warm-up read
     print(f"warming the page cache: read {warm_cache(ckpt):.2f} GB from {ckpt}")
@@ -246,11 +295,18 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.keep_outputs:
                     Path(run.out).unlink(missing_ok=True)
 
-    meta = {"checkpoint": str(ckpt), "outtype": args.outtype, "cpus": os.cpu_count(),
-            "checkpoint_gb": sum(p.stat().st_size for p in ckpt.glob("*.safetensors")) / 1e9,
-            "machine": f"{platform.system()} {platform.machine()}", "python": platform.python_version(),
-            "torch": package_version("torch"), "load_avg_before": round(load, 2),
-            "date": time.strftime("%Y-%m-%d %H:%M"), "baseline_version": BASELINE_VERSION}
+    meta = {
+        "checkpoint": str(ckpt),
+        "outtype": args.outtype,
+        "cpus": os.cpu_count(),
+        "checkpoint_gb": sum(p.stat().st_size for p in ckpt.glob("*.safetensors")) / 1e9,
+        "machine": f"{platform.system()} {platform.machine()}",
+        "python": platform.python_version(),
+        "torch": package_version("torch"),
+        "load_avg_before": round(load, 2),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "baseline_version": BASELINE_VERSION,
+    }
     md = report(runs, meta)
     print("\n" + md)
     args.results.mkdir(parents=True, exist_ok=True)

@@ -34,11 +34,14 @@ from bench_convert import CACHE, HERE, RESULTS, fmt, package_version, ratio  # n
 SIDE, SEED = 448, 0
 # name -> (engine, mode, type): mtmd rows read mmproj-{mode}-{type}.gguf; hf rows load the checkpoint.
 CONFIGS = {
-    "mtmd 16x f32": ("mtmd", "16x", "f32"), "mtmd 16x f16": ("mtmd", "16x", "f16"),
-    "mtmd 16x bf16": ("mtmd", "16x", "bf16"), "mtmd 16x q8_0": ("mtmd", "16x", "q8_0"),
+    "mtmd 16x f32": ("mtmd", "16x", "f32"),
+    "mtmd 16x f16": ("mtmd", "16x", "f16"),
+    "mtmd 16x bf16": ("mtmd", "16x", "bf16"),
+    "mtmd 16x q8_0": ("mtmd", "16x", "q8_0"),
     "mtmd 4x f16": ("mtmd", "4x", "f16"),
-    "transformers 16x bf16": ("hf", "16x", "bf16"), "transformers 16x fp32": ("hf", "16x", "fp32"),
-}  # fmt: skip
+    "transformers 16x bf16": ("hf", "16x", "bf16"),
+    "transformers 16x fp32": ("hf", "16x", "fp32"),
+}
 REFERENCE = "transformers 16x bf16"  # the ratio column divides by this row's median
 FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}  # llama_flash_attn_type; clip resolves auto to "on" on CPU
 
@@ -84,8 +87,8 @@ def timed_repeats(encode, repeat: int) -> dict:
 def worker_mtmd(spec: dict) -> dict:
     import ctypes
 
-    import numpy as np
     import llama_cpp.mtmd_cpp as M
+    import numpy as np
     from llama_cpp import Llama
 
     # Small n_ctx: the LM is only needed for its vocabulary and width; its weights stay mmapped, untouched.
@@ -104,8 +107,11 @@ def worker_mtmd(spec: dict) -> dict:
     chunks = M.mtmd_input_chunks_init()
     if M.mtmd_tokenize(ctx, chunks, ctypes.byref(text), (M.mtmd_bitmap_p_ctypes * 1)(bmp), 1) != 0:
         raise RuntimeError("mtmd_tokenize failed")
-    images = [c for c in (M.mtmd_input_chunks_get(chunks, i) for i in range(M.mtmd_input_chunks_size(chunks)))
-              if M.mtmd_input_chunk_get_type(c) == M.MTMD_INPUT_CHUNK_TYPE_IMAGE]
+    images = [
+        c
+        for c in (M.mtmd_input_chunks_get(chunks, i) for i in range(M.mtmd_input_chunks_size(chunks)))
+        if M.mtmd_input_chunk_get_type(c) == M.MTMD_INPUT_CHUNK_TYPE_IMAGE
+    ]
     assert len(images) == 1, f"a {SIDE}x{SIDE} image should be one chunk (no slices), got {len(images)}"
 
     def encode():
@@ -115,8 +121,13 @@ def worker_mtmd(spec: dict) -> dict:
     timing = timed_repeats(encode, spec["repeat"])
     n_tok, n_embd = M.mtmd_input_chunk_get_n_tokens(images[0]), llm.n_embd()
     out = np.ctypeslib.as_array(M.mtmd_get_output_embd(ctx), shape=(n_tok * n_embd,))
-    result = {"tokens": n_tok, **timing, "finite": bool(np.isfinite(out).all()),
-              "peak_rss_gb": peak_rss_gb(), "rss_after_lm_load_gb": lm_rss}
+    result = {
+        "tokens": n_tok,
+        **timing,
+        "finite": bool(np.isfinite(out).all()),
+        "peak_rss_gb": peak_rss_gb(),
+        "rss_after_lm_load_gb": lm_rss,
+    }
     M.mtmd_input_chunks_free(chunks)
     M.mtmd_bitmap_free(bmp)
     M.mtmd_free(ctx)
@@ -141,29 +152,46 @@ def worker_hf(spec: dict) -> dict:
 
     def encode():
         with torch.inference_mode():
-            feats[:] = model.model.get_image_features(inputs["pixel_values"], inputs["target_sizes"],
-                                                      downsample_mode=spec["mode"]).pooler_output
+            feats[:] = model.model.get_image_features(
+                inputs["pixel_values"], inputs["target_sizes"], downsample_mode=spec["mode"]
+            ).pooler_output
 
     timing = timed_repeats(encode, spec["repeat"])
-    return {"tokens": sum(f.reshape(-1, f.shape[-1]).shape[0] for f in feats), **timing,
-            "finite": all(bool(torch.isfinite(f).all()) for f in feats), "peak_rss_gb": peak_rss_gb()}
+    return {
+        "tokens": sum(f.reshape(-1, f.shape[-1]).shape[0] for f in feats),
+        **timing,
+        "finite": all(bool(torch.isfinite(f).all()) for f in feats),
+        "peak_rss_gb": peak_rss_gb(),
+    }
 
 
 def run_config(name: str, spec: dict, log: Path) -> dict:
     """Run one configuration in a fresh interpreter; its last stdout line is the JSON result."""
     print(f"[{name}] ...", end=" ", flush=True)
     with open(log, "w") as err:
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], stdout=subprocess.PIPE,
-                              stderr=err, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc = subprocess.run(
+            [sys.executable, __file__, "--worker", json.dumps(spec)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
     if proc.returncode != 0:
         print(f"FAILED (exit {proc.returncode}); see {log}")
         return {"name": name, **spec, "returncode": proc.returncode}
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    res.update(name=name, **spec, returncode=0, median_s=statistics.median(res["times_s"]),
-               cpu_per_wall_median=statistics.median(res["cpu_per_wall"]))
+    res.update(
+        name=name,
+        **spec,
+        returncode=0,
+        median_s=statistics.median(res["times_s"]),
+        cpu_per_wall_median=statistics.median(res["cpu_per_wall"]),
+    )
     runs = ", ".join(f"{t:.2f}" for t in res["times_s"])
-    print(f"{res['tokens']} tokens, median {res['median_s']:.2f} s (runs {runs}; "
-          f"CPU/wall {res['cpu_per_wall_median']:.2f}), peak RSS {res['peak_rss_gb']:.2f} GB")
+    print(
+        f"{res['tokens']} tokens, median {res['median_s']:.2f} s (runs {runs}; "
+        f"CPU/wall {res['cpu_per_wall_median']:.2f}), peak RSS {res['peak_rss_gb']:.2f} GB"
+    )
     return res
 
 
@@ -177,15 +205,31 @@ def convert(ckpt: Path, workdir: Path, mmprojs: set[tuple[str, str]]) -> None:
         if out.is_file():
             continue
         print(f"converting {out.name}")
-        subprocess.run([sys.executable, "-m", "minicpmv_gguf.cli", command, str(ckpt), "-o", str(out),
-                        "--outtype", outtype, *extra], check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "minicpmv_gguf.cli",
+                command,
+                str(ckpt),
+                "-o",
+                str(out),
+                "--outtype",
+                outtype,
+                *extra,
+            ],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
 
 
 def report(rows: list[dict], meta: dict) -> str:
     ref = next((r.get("median_s") for r in rows if r["name"] == REFERENCE), None)
     lm_rss = next((r["rss_after_lm_load_gb"] for r in rows if r.get("rss_after_lm_load_gb")), None)
     lines = [
-        f"# Vision encode benchmark ({SIDE}×{SIDE} image)", "",
+        f"# Vision encode benchmark ({SIDE}×{SIDE} image)",
+        "",
         f"- checkpoint: `{meta['checkpoint']}`; {meta['machine']}, {meta['cpus']} CPUs, {meta['threads']} threads",
         f"- load average (1/5/15 min): {meta['load_avg_before']} before, {meta['load_avg_after']} after; "
         f"{meta['date']}; total {meta['total_s']} s",
@@ -195,15 +239,18 @@ def report(rows: list[dict], meta: dict) -> str:
         "each row in its own process (peak RSS = that process: LM mmapped + mmproj/model + compute; "
         f"RSS after loading the F16 LM, before the mmproj: {fmt(lm_rss, '.2f')} GB)",
         f"- CPU/wall: CPU seconds of all threads per wall second while encoding; below {meta['threads']} means "
-        "the process waited for a core (other load), so its time is inflated", "",
+        "the process waited for a core (other load), so its time is inflated",
+        "",
         f"| config | file type | tokens | encode s (median) | CPU/wall | peak RSS GB | × {REFERENCE} |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ftype = r["type"].upper() + (" mmproj" if r["engine"] == "mtmd" else " torch")
-        lines.append(f"| {r['name']} | {ftype} | {r.get('tokens', '—')} | {fmt(r.get('median_s'), '.2f')} | "
-                     f"{fmt(r.get('cpu_per_wall_median'), '.2f')} | {fmt(r.get('peak_rss_gb'), '.2f')} | "
-                     f"{ratio(r.get('median_s'), ref)} |")
+        lines.append(
+            f"| {r['name']} | {ftype} | {r.get('tokens', '—')} | {fmt(r.get('median_s'), '.2f')} | "
+            f"{fmt(r.get('cpu_per_wall_median'), '.2f')} | {fmt(r.get('peak_rss_gb'), '.2f')} | "
+            f"{ratio(r.get('median_s'), ref)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -237,18 +284,36 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in names:
         engine, mode, dtype = CONFIGS[name]
-        spec = {"engine": engine, "mode": mode, "type": dtype, "threads": args.threads, "repeat": args.repeat,
-                "flash_attn": args.flash_attn, "ckpt": str(ckpt), "lm": str(workdir / "lm-f16.gguf"),
-                "mmproj": str(workdir / f"mmproj-{mode}-{dtype}.gguf") if engine == "mtmd" else None}
+        spec = {
+            "engine": engine,
+            "mode": mode,
+            "type": dtype,
+            "threads": args.threads,
+            "repeat": args.repeat,
+            "flash_attn": args.flash_attn,
+            "ckpt": str(ckpt),
+            "lm": str(workdir / "lm-f16.gguf"),
+            "mmproj": str(workdir / f"mmproj-{mode}-{dtype}.gguf") if engine == "mtmd" else None,
+        }
         rows.append(run_config(name, spec, workdir / f"{name.replace(' ', '-')}.log"))
 
-    meta = {"checkpoint": str(ckpt), "cpus": os.cpu_count(), "threads": args.threads, "repeat": args.repeat,
-            "flash_attn": args.flash_attn, "image": f"{SIDE}x{SIDE} RGB, numpy seed {SEED}",
-            "machine": f"{platform.system()} {platform.machine()} ({cpu_model()})",
-            "load_avg_before": load_before, "load_avg_after": [round(x, 2) for x in os.getloadavg()],
-            "date": time.strftime("%Y-%m-%d %H:%M"), "python": platform.python_version(),
-            "llama_cpp_python": package_version("llama-cpp-python"), "torch": package_version("torch"),
-            "transformers": package_version("transformers"), "total_s": round(time.perf_counter() - start, 1)}
+    meta = {
+        "checkpoint": str(ckpt),
+        "cpus": os.cpu_count(),
+        "threads": args.threads,
+        "repeat": args.repeat,
+        "flash_attn": args.flash_attn,
+        "image": f"{SIDE}x{SIDE} RGB, numpy seed {SEED}",
+        "machine": f"{platform.system()} {platform.machine()} ({cpu_model()})",
+        "load_avg_before": load_before,
+        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "python": platform.python_version(),
+        "llama_cpp_python": package_version("llama-cpp-python"),
+        "torch": package_version("torch"),
+        "transformers": package_version("transformers"),
+        "total_s": round(time.perf_counter() - start, 1),
+    }
     md = report(rows, meta)
     print("\n" + md)
     args.results.mkdir(parents=True, exist_ok=True)

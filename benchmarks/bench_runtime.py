@@ -35,12 +35,16 @@ REPEATS = 3  # timed runs per measurement (not transformers' 64-token generate);
 QUESTION = "Describe the image."
 # name -> (engine, variant): ours rows: "text" or an mmproj file stem; hf rows: torch dtype
 CONFIGS = {
-    "ours Q4_K_M text": ("ours", "text"), "ours Q4_K_M + 16x f16": ("ours", "mmproj-16x-f16"),
-    "ours Q4_K_M + 16x q8_0": ("ours", "mmproj-16x-q8_0"), "ours Q4_K_M + 16x bf16": ("ours", "mmproj-16x-bf16"),
-    "ours Q4_K_M + 4x f16": ("ours", "mmproj-4x-f16"), "ours Q4_K_M + 4x q8_0": ("ours", "mmproj-4x-q8_0"),
+    "ours Q4_K_M text": ("ours", "text"),
+    "ours Q4_K_M + 16x f16": ("ours", "mmproj-16x-f16"),
+    "ours Q4_K_M + 16x q8_0": ("ours", "mmproj-16x-q8_0"),
+    "ours Q4_K_M + 16x bf16": ("ours", "mmproj-16x-bf16"),
+    "ours Q4_K_M + 4x f16": ("ours", "mmproj-4x-f16"),
+    "ours Q4_K_M + 4x q8_0": ("ours", "mmproj-4x-q8_0"),
     "ours Q4_K_M + 4x bf16": ("ours", "mmproj-4x-bf16"),
-    "transformers bf16": ("hf", "bf16"), "transformers fp32": ("hf", "fp32"),
-}  # fmt: skip
+    "transformers bf16": ("hf", "bf16"),
+    "transformers fp32": ("hf", "fp32"),
+}
 REFERENCE = "transformers bf16"
 
 
@@ -84,18 +88,29 @@ def worker_ours(spec: dict) -> dict:
         chat.send("Hello.", max_tokens=4)  # warm-up: first-use allocations
         runs = repeated(chat, lambda: chat.send(text[:lo]))
         t = runs[0]
-        out.update(prompt_tokens=t.prompt_tokens, prefill_s=median(r.prefill_s for r in runs),
-                   prefill_tps=median(r.prefill_tokens_per_s for r in runs), new_tokens=t.generated_tokens,
-                   decode_s=median(r.decode_s for r in runs), decode_tps=median(r.decode_tokens_per_s for r in runs),
-                   prefill_tps_runs=[r.prefill_tokens_per_s for r in runs],
-                   decode_tps_runs=[r.decode_tokens_per_s for r in runs])
+        out.update(
+            prompt_tokens=t.prompt_tokens,
+            prefill_s=median(r.prefill_s for r in runs),
+            prefill_tps=median(r.prefill_tokens_per_s for r in runs),
+            new_tokens=t.generated_tokens,
+            decode_s=median(r.decode_s for r in runs),
+            decode_tps=median(r.decode_tokens_per_s for r in runs),
+            prefill_tps_runs=[r.prefill_tokens_per_s for r in runs],
+            decode_tps_runs=[r.decode_tokens_per_s for r in runs],
+        )
     else:
         chat.send(QUESTION, images=[image(1)], max_tokens=1)  # loads the mmproj into `chat` (kept)
         runs = repeated(chat, lambda: chat.send(QUESTION, images=[image(0)], max_tokens=1))
         t = runs[0]
-        out.update(cold_encode_s=cold.encode_s, image_tokens=t.image_tokens, prompt_tokens=t.prompt_tokens,
-                   encode_s=median(r.encode_s for r in runs), image_prefill_s=median(r.prefill_s for r in runs),
-                   ttft_s=median(r.first_token_s for r in runs), ttft_s_runs=[r.first_token_s for r in runs])
+        out.update(
+            cold_encode_s=cold.encode_s,
+            image_tokens=t.image_tokens,
+            prompt_tokens=t.prompt_tokens,
+            encode_s=median(r.encode_s for r in runs),
+            image_prefill_s=median(r.prefill_s for r in runs),
+            ttft_s=median(r.first_token_s for r in runs),
+            ttft_s_runs=[r.first_token_s for r in runs],
+        )
     out["peak_rss_gb"] = peak_rss_gb()
     return out
 
@@ -123,18 +138,38 @@ def worker_hf(spec: dict) -> dict:
             prefills.append(time.perf_counter() - t0)
         prefill = median(prefills)
         t0 = time.perf_counter()
-        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
-                             min_new_tokens=NEW_TOKENS, do_sample=False)
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            do_sample=False,
+        )
         total = time.perf_counter() - t0
     n_new = gen.shape[1] - ids.shape[1]
-    out.update(prompt_tokens=ids.shape[1], prefill_s=prefill, prefill_tps=ids.shape[1] / prefill, new_tokens=n_new,
-               generate_s=total, decode_s=total - prefill, decode_tps=n_new / (total - prefill))
+    out.update(
+        prompt_tokens=ids.shape[1],
+        prefill_s=prefill,
+        prefill_tps=ids.shape[1] / prefill,
+        new_tokens=n_new,
+        generate_s=total,
+        decode_s=total - prefill,
+        decode_tps=n_new / (total - prefill),
+    )
     if spec.get("image", True):
         try:
-            msgs = [{"role": "user", "content": [{"type": "image", "image": Image.fromarray(image(0))},
-                                                 {"type": "text", "text": QUESTION}]}]
-            inputs = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                              return_tensors="pt")
+            msgs = [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "image": Image.fromarray(image(0))},
+                        {"type": "text", "text": QUESTION},
+                    ],
+                }
+            ]
+            inputs = proc.apply_chat_template(
+                msgs, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+            )
             ttfts = []
             with torch.inference_mode():
                 for _ in range(REPEATS):
@@ -152,22 +187,25 @@ def worker_hf(spec: dict) -> dict:
 def report(rows: list[dict], meta: dict) -> str:
     ref = next((r for r in rows if r["name"] == REFERENCE and r["returncode"] == 0), {})
     lines = [
-        "# Runtime benchmark: prefill, decode, time to first token with an image", "",
+        "# Runtime benchmark: prefill, decode, time to first token with an image",
+        "",
         f"- checkpoint `{meta['checkpoint']}` (random weights, full size); LM `{meta['lm']}`",
         f"- {meta['machine']}, {meta['cpus']} CPUs, {meta['threads']} threads; load average (1/5/15 min) "
         f"{meta['load_avg_before']} before, {meta['load_avg_after']} after; {meta['date']}",
         f"- llama-cpp-python {meta['llama_cpp_python']}, torch {meta['torch']}, transformers {meta['transformers']}",
         f"- text: {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} greedy new tokens; image: seeded random {SIDE}×{SIDE} "
-        f"RGB + \"{QUESTION}\"; load = open the LM (ours) or from_pretrained + processor (transformers); TTFT = encode + prefill + first token (warm, mmproj already loaded for ours)",
+        f'RGB + "{QUESTION}"; load = open the LM (ours) or from_pretrained + processor (transformers); '
+        "TTFT = encode + prefill + first token (warm, mmproj already loaded for ours)",
         "- peak RSS, one image turn: after a first chat's single image turn with default settings (LM, mmproj "
         "loaded, one encode, mmproj freed); whole row: after every turn (the timed chat keeps the mmproj loaded)",
         f"- prefill, TTFT and encode: median of {REPEATS} runs; decode: ours median of {REPEATS}, transformers one "
         f"{NEW_TOKENS}-token generate",
         "- each row in its own process; ratios are × the transformers bf16 value (higher = faster for tok/s, "
-        "lower = faster for seconds)", "",
+        "lower = faster for seconds)",
+        "",
         "| config | load s | prefill tok/s | decode tok/s (tokens) | TTFT with image s | image encode s | "
         "peak RSS GB, one image turn | peak RSS GB, whole row "
-        f"| prefill × bf16 | decode × bf16 | TTFT × bf16 |",
+        "| prefill × bf16 | decode × bf16 | TTFT × bf16 |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -175,10 +213,14 @@ def report(rows: list[dict], meta: dict) -> str:
             lines.append(f"| {r['name']} | failed (exit {r['returncode']}) | | | | | | | | | |")
             continue
         dec = f"{fmt(r.get('decode_tps'), '.1f')} ({r['new_tokens']})" if "new_tokens" in r else "—"
-        lines.append(f"| {r['name']} | {fmt(r.get('load_s'), '.1f')} | {fmt(r.get('prefill_tps'), '.1f')} | {dec} | {fmt(r.get('ttft_s'), '.2f')} | "
-                     f"{fmt(r.get('encode_s'), '.2f')} | {fmt(r.get('turn_peak_rss_gb'), '.2f')} | {fmt(r.get('peak_rss_gb'), '.2f')} | "
-                     f"{ratio(r.get('prefill_tps'), ref.get('prefill_tps'))} | {ratio(r.get('decode_tps'), ref.get('decode_tps'))} | "
-                     f"{ratio(r.get('ttft_s'), ref.get('ttft_s'))} |")
+        lines.append(
+            f"| {r['name']} | {fmt(r.get('load_s'), '.1f')} | {fmt(r.get('prefill_tps'), '.1f')} | {dec} | "
+            f"{fmt(r.get('ttft_s'), '.2f')} | {fmt(r.get('encode_s'), '.2f')} | "
+            f"{fmt(r.get('turn_peak_rss_gb'), '.2f')} | {fmt(r.get('peak_rss_gb'), '.2f')} | "
+            f"{ratio(r.get('prefill_tps'), ref.get('prefill_tps'))} | "
+            f"{ratio(r.get('decode_tps'), ref.get('decode_tps'))} | "
+            f"{ratio(r.get('ttft_s'), ref.get('ttft_s'))} |"
+        )
     notes = [f"- {r['name']}: image row failed: {r['image_error']}" for r in rows if r.get("image_error")]
     notes += [f"- skipped: {s}" for s in meta.get("skipped", [])]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
@@ -210,15 +252,31 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in names:
         engine, variant = CONFIGS[name]
-        spec = {"engine": engine, "variant": variant, "threads": args.threads, "ckpt": str(args.checkpoint.resolve()),
-                "lm": str(args.lm.resolve()), "mmproj_dir": str(args.mmproj_dir.resolve()), "image": not args.no_hf_image}
+        spec = {
+            "engine": engine,
+            "variant": variant,
+            "threads": args.threads,
+            "ckpt": str(args.checkpoint.resolve()),
+            "lm": str(args.lm.resolve()),
+            "mmproj_dir": str(args.mmproj_dir.resolve()),
+            "image": not args.no_hf_image,
+        }
         rows.append(_run(name, spec, logdir))
-    meta = {"checkpoint": str(args.checkpoint), "lm": str(args.lm), "cpus": os.cpu_count(), "threads": args.threads,
-            "machine": f"{platform.system()} {platform.machine()} ({cpu_model()})", "load_avg_before": load_before,
-            "load_avg_after": [round(x, 2) for x in os.getloadavg()], "date": time.strftime("%Y-%m-%d %H:%M"),
-            "llama_cpp_python": package_version("llama-cpp-python"), "torch": package_version("torch"),
-            "transformers": package_version("transformers"), "skipped": sorted(set(CONFIGS) - set(names)),
-            "total_s": round(time.perf_counter() - start, 1)}
+    meta = {
+        "checkpoint": str(args.checkpoint),
+        "lm": str(args.lm),
+        "cpus": os.cpu_count(),
+        "threads": args.threads,
+        "machine": f"{platform.system()} {platform.machine()} ({cpu_model()})",
+        "load_avg_before": load_before,
+        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "llama_cpp_python": package_version("llama-cpp-python"),
+        "torch": package_version("torch"),
+        "transformers": package_version("transformers"),
+        "skipped": sorted(set(CONFIGS) - set(names)),
+        "total_s": round(time.perf_counter() - start, 1),
+    }
     md = report(rows, meta)
     print("\n" + md + f"\ntotal {meta['total_s']} s")
     args.results.mkdir(parents=True, exist_ok=True)
@@ -234,8 +292,13 @@ def _run(name: str, spec: dict, logdir: Path) -> dict:
 
     print(f"[{name}] ...", end=" ", flush=True)
     with open(logdir / f"{name.replace(' ', '-')}.log", "w") as err:
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], stdout=subprocess.PIPE,
-                              stderr=err, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc = subprocess.run(
+            [sys.executable, __file__, "--worker", json.dumps(spec)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
     if proc.returncode != 0:
         print(f"FAILED (exit {proc.returncode})")
         return {"name": name, **spec, "returncode": proc.returncode}

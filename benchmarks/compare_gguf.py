@@ -20,7 +20,10 @@ def compare(path_a: str, path_b: str) -> None:
     a, b = GGUFReader(path_a), GGUFReader(path_b)
     fa = {k: f for k, f in a.fields.items() if not k.startswith("GGUF.")}
     fb = {k: f for k, f in b.fields.items() if not k.startswith("GGUF.")}
-    print(f"keys: {len(fa)} vs {len(fb)}; only first: {sorted(set(fa) - set(fb))}; only second: {sorted(set(fb) - set(fa))}")
+    print(
+        f"keys: {len(fa)} vs {len(fb)}; only first: {sorted(set(fa) - set(fb))}; "
+        f"only second: {sorted(set(fb) - set(fa))}"
+    )
     for key in sorted(fa.keys() & fb.keys()):
         va, vb = fa[key].contents(), fb[key].contents()
         if fa[key].types != fb[key].types or va != vb:
@@ -30,7 +33,9 @@ def compare(path_a: str, path_b: str) -> None:
     for name in sorted(ta.keys() & tb.keys()):
         x, y = ta[name], tb[name]
         if x.tensor_type != y.tensor_type or list(x.shape) != list(y.shape):
-            print(f"  tensor differs: {name}: {x.tensor_type.name}{list(x.shape)} vs {y.tensor_type.name}{list(y.shape)}")
+            print(
+                f"  tensor differs: {name}: {x.tensor_type.name}{list(x.shape)} vs {y.tensor_type.name}{list(y.shape)}"
+            )
         elif not np.array_equal(np.asarray(x.data), np.asarray(y.data)):
             note = ""
             if x.tensor_type.name == "F32":  # how many representable floats apart
@@ -39,8 +44,10 @@ def compare(path_a: str, path_b: str) -> None:
             print(f"  tensor bytes differ: {name}{note}")
         else:
             same += 1
-    print(f"tensors: {len(ta)} vs {len(tb)}; byte-identical: {same}; only first: {sorted(set(ta) - set(tb))[:5]}; "
-          f"only second: {sorted(set(tb) - set(ta))[:5]}")
+    print(
+        f"tensors: {len(ta)} vs {len(tb)}; byte-identical: {same}; only first: {sorted(set(ta) - set(tb))[:5]}; "
+        f"only second: {sorted(set(tb) - set(ta))[:5]}"
+    )
 
 
 if __name__ == "__main__":

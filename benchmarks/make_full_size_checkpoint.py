@@ -60,22 +60,52 @@ PRETOKENIZE_REGEX = (
 # layout, which puts <|vision_start|>, <|image_pad|> and <|video_pad|> at their real ids.
 FIRST_ADDED_ID = 248044
 ADDED_TOKENS: list[tuple[str, bool]] = [
-    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
-    ("<|object_ref_start|>", True), ("<|object_ref_end|>", True), ("<|box_start|>", True),
-    ("<|box_end|>", True), ("<|quad_start|>", True), ("<|quad_end|>", True),
-    ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
-    ("<|image_pad|>", True), ("<|video_pad|>", True),
-    ("<tool_call>", False), ("</tool_call>", False), ("<|fim_prefix|>", False), ("<|fim_middle|>", False),
-    ("<|fim_suffix|>", False), ("<|fim_pad|>", False), ("<|repo_name|>", False), ("<|file_sep|>", False),
-    ("<tool_response>", False), ("</tool_response>", False), ("<think>", False), ("</think>", False),
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False),
+    ("<|repo_name|>", False),
+    ("<|file_sep|>", False),
+    ("<tool_response>", False),
+    ("</tool_response>", False),
+    ("<think>", False),
+    ("</think>", False),
     # From here on the ids are this script's choice (the real ones are unknown).
-    ("<|audio_start|>", True), ("<|audio_end|>", True), ("<|audio_pad|>", True), ("<unk>", True),
-    ("<image>", True), ("</image>", True), ("<slice>", True), ("</slice>", True),
-    ("<image_id>", True), ("</image_id>", True),
+    ("<|audio_start|>", True),
+    ("<|audio_end|>", True),
+    ("<|audio_pad|>", True),
+    ("<unk>", True),
+    ("<image>", True),
+    ("</image>", True),
+    ("<slice>", True),
+    ("</slice>", True),
+    ("<image_id>", True),
+    ("</image_id>", True),
 ]
 REAL_IDS = {  # checked after building: these must match the released tokenizer
-    "<|endoftext|>": 248044, "<|im_start|>": 248045, "<|im_end|>": 248046, "<|vision_start|>": 248053,
-    "<|vision_end|>": 248054, "<|image_pad|>": 248056, "<|video_pad|>": 248057,
+    "<|endoftext|>": 248044,
+    "<|im_start|>": 248045,
+    "<|im_end|>": 248046,
+    "<|vision_start|>": 248053,
+    "<|vision_end|>": 248054,
+    "<|image_pad|>": 248056,
+    "<|video_pad|>": 248057,
 }
 
 
@@ -92,8 +122,9 @@ def tensor_specs(config_dir: Path) -> list[tuple[str, tuple[int, ...], str]]:
         if name == "lm_head.weight":  # tied to embed_tokens; the released files omit it
             continue
         owner, _, leaf = name.rpartition(".")
-        kind = {"Qwen3_5RMSNorm": "rms_norm", "Qwen3_5RMSNormGated": "unit_norm",
-                "LayerNorm": "unit_norm"}.get(module_type.get(owner, ""), "normal")
+        kind = {"Qwen3_5RMSNorm": "rms_norm", "Qwen3_5RMSNormGated": "unit_norm", "LayerNorm": "unit_norm"}.get(
+            module_type.get(owner, ""), "normal"
+        )
         if kind != "normal" and leaf == "bias":
             kind = "normal"
         if leaf in ("A_log", "dt_bias"):
@@ -141,8 +172,10 @@ def write_weights(out: Path, specs: list, n_shards: int, seed: int) -> None:
             total_params += t.numel()
         print(f"  {fname}: {len(tensors)} tensors, {sum(t.numel() for t in tensors.values()) / 1e6:.1f} M params")
         del tensors  # keep at most one shard alive
-    index = {"metadata": {"total_size": total_bytes, "total_parameters": total_params},
-             "weight_map": dict(sorted(weight_map.items()))}
+    index = {
+        "metadata": {"total_size": total_bytes, "total_parameters": total_params},
+        "weight_map": dict(sorted(weight_map.items())),
+    }
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     print(f"  {len(weight_map)} tensors, {total_params:,} params, {total_bytes / 1e9:.2f} GB")
 
@@ -181,10 +214,12 @@ def write_tokenizer(out: Path, vocab_size: int, seed: int) -> None:
     vocab, merges = synthetic_bpe(FIRST_ADDED_ID, seed)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=None, fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     tok.decoder = decoders.ByteLevel()
 

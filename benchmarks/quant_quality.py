@@ -77,8 +77,13 @@ class Row:
 
     def as_dict(self) -> dict:
         ev = {**self.eval.as_dict(), "model": Path(self.eval.model).name, "ref": Path(self.eval.ref).name}
-        return {"label": self.label, "file_bytes": self.file_bytes, "bits_per_weight": self.bits_per_weight,
-                "quant_seconds": self.quant_seconds, **ev}
+        return {
+            "label": self.label,
+            "file_bytes": self.file_bytes,
+            "bits_per_weight": self.bits_per_weight,
+            "quant_seconds": self.quant_seconds,
+            **ev,
+        }
 
 
 def tensor_bits_per_weight(gguf: Path) -> float:
@@ -102,16 +107,24 @@ def quantize(variant: Variant, f32: Path, workdir: Path, *, imatrix_path: Path |
     """quantize_lm for one variant -> QuantizeResult."""
     if variant.imatrix and imatrix_path is None:
         raise ValueError(f"{variant.label} needs the imatrix")
-    return quantize_lm(f32, workdir / f"lm-{variant.file_stem}.gguf", qtype=variant.qtype, recipe=variant.recipe,
-                       imatrix=imatrix_path if variant.imatrix else None, threads=threads, overwrite=True)
+    return quantize_lm(
+        f32,
+        workdir / f"lm-{variant.file_stem}.gguf",
+        qtype=variant.qtype,
+        recipe=variant.recipe,
+        imatrix=imatrix_path if variant.imatrix else None,
+        threads=threads,
+        overwrite=True,
+    )
 
 
 def evaluate_heldout(model: Path, ref: Path, *, max_chunks: int | None, threads: int) -> EvalResult:
     return evaluate(model, ref, HELDOUT, ctx=CTX, batch=BATCH, max_chunks=max_chunks, threads=threads)
 
 
-def measure(variants: list[Variant], workdir: Path, *, max_chunks: int | None, threads: int,
-            checkpoint: Path = CHECKPOINT) -> tuple[Path, list[Row]]:
+def measure(
+    variants: list[Variant], workdir: Path, *, max_chunks: int | None, threads: int, checkpoint: Path = CHECKPOINT
+) -> tuple[Path, list[Row]]:
     f32 = reference(workdir, checkpoint)
     imatrix_path = imatrix(f32, workdir, threads=threads) if any(v.imatrix for v in variants) else None
     rows = []
@@ -125,17 +138,23 @@ def measure(variants: list[Variant], workdir: Path, *, max_chunks: int | None, t
 
 def markdown(f32: Path, rows: list[Row], threads: int, checkpoint: Path = CHECKPOINT) -> str:
     ev0 = rows[0].eval
-    head = (f"Checkpoint `{checkpoint.name}`, each type against its F32 GGUF "
-            f"({f32.stat().st_size / 1e6:.2f} MB, {tensor_bits_per_weight(f32):.1f} bits per weight) on "
-            f"`{HELDOUT.relative_to(REPO)}`: {ev0.n_scored:,} scored tokens ({ev0.n_chunks} chunks of {ev0.ctx}). "
-            f"F32 perplexity {ev0.ppl_ref:.3f}. Bits per weight: tensor data only. imatrix: from "
-            f"`{CALIBRATION.relative_to(REPO)}`. {threads} thread(s).\n\n")
-    lines = ["| type | file size | bits/weight | quantize time | mean KLD | p99 KLD | top-1 | PPL ratio |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    head = (
+        f"Checkpoint `{checkpoint.name}`, each type against its F32 GGUF "
+        f"({f32.stat().st_size / 1e6:.2f} MB, {tensor_bits_per_weight(f32):.1f} bits per weight) on "
+        f"`{HELDOUT.relative_to(REPO)}`: {ev0.n_scored:,} scored tokens ({ev0.n_chunks} chunks of {ev0.ctx}). "
+        f"F32 perplexity {ev0.ppl_ref:.3f}. Bits per weight: tensor data only. imatrix: from "
+        f"`{CALIBRATION.relative_to(REPO)}`. {threads} thread(s).\n\n"
+    )
+    lines = [
+        "| type | file size | bits/weight | quantize time | mean KLD | p99 KLD | top-1 | PPL ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         e = r.eval
-        lines.append(f"| {r.label} | {r.file_bytes / 1e6:.2f} MB | {r.bits_per_weight:.2f} | {r.quant_seconds:.2f} s "
-                     f"| {e.kld_mean:.5f} | {e.kld_p99:.4f} | {100 * e.top1:.2f} % | {e.ppl_ratio:.4f} |")
+        lines.append(
+            f"| {r.label} | {r.file_bytes / 1e6:.2f} MB | {r.bits_per_weight:.2f} | {r.quant_seconds:.2f} s "
+            f"| {e.kld_mean:.5f} | {e.kld_p99:.4f} | {100 * e.top1:.2f} % | {e.ppl_ratio:.4f} |"
+        )
     return head + "\n".join(lines) + "\n"
 
 
@@ -152,16 +171,20 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        f32, rows = measure(VARIANTS, workdir, max_chunks=args.chunks, threads=args.threads,
-                             checkpoint=args.checkpoint)
+        f32, rows = measure(VARIANTS, workdir, max_chunks=args.chunks, threads=args.threads, checkpoint=args.checkpoint)
         md = markdown(f32, rows, args.threads, args.checkpoint)
     print(md)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "quant_quality.md").write_text(md, encoding="utf-8")
-    env = {"python": platform.python_version(), "machine": platform.machine(), "threads": args.threads,
-           "llama_cpp_python": metadata.version("llama-cpp-python")}
+    env = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": args.threads,
+        "llama_cpp_python": metadata.version("llama-cpp-python"),
+    }
     (args.results / "quant_quality.json").write_text(
-        json.dumps({"env": env, "rows": [r.as_dict() for r in rows]}, indent=2) + "\n", encoding="utf-8")
+        json.dumps({"env": env, "rows": [r.as_dict() for r in rows]}, indent=2) + "\n", encoding="utf-8"
+    )
 
 
 if __name__ == "__main__":

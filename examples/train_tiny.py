@@ -45,7 +45,7 @@ TRAIN = CALIBRATION + [
     "lzma", "filecmp", "linecache", "keyword", "graphlib", "contextvars", "urllib.request", "http.server",
     "smtplib", "imaplib", "ftplib", "socketserver", "xml.dom.minidom", "html.parser", "pickle", "shelve",
     "netrc", "quopri", "cProfile", "pstats", "trace", "pdb", "doctest", "codeop", "code", "reprlib",
-]  # fmt: skip
+]
 # KQUANT_TEXT widths (every LM matrix row a multiple of 256, so k-quants apply as on the real model),
 # one [lin, lin, lin, full] group instead of two to keep it small and quick to train.
 TEXT_OVERRIDES = {"num_hidden_layers": 4, "layer_types": ["linear_attention"] * 3 + ["full_attention"]}

@@ -137,8 +137,10 @@ def read_tensor_index(path: Path) -> dict[str, TensorRef]:
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{index_path}: no weight_map")
-        bad = next((s for s in weight_map.values()
-                    if not isinstance(s, str) or Path(s).name != s or s in ("", ".", "..")), None)
+        bad = next(
+            (s for s in weight_map.values() if not isinstance(s, str) or Path(s).name != s or s in ("", ".", "..")),
+            None,
+        )
         if bad is not None:  # a shard is a file of this directory: no paths, no other types
             raise CheckpointError(f"{index_path}: weight_map names {bad!r}, not a file name in {path}")
         shards = sorted(set(weight_map.values()))
@@ -156,15 +158,19 @@ def read_tensor_index(path: Path) -> dict[str, TensorRef]:
                 raise CheckpointError(f"{shard_path}: tensor {name!r} is also in {tensors[name].path.name}")
             tensors[name] = ref
     if weight_map is not None:
-        moved = sorted(f"{n} is in {tensors[n].path.name}, not {s}" for n, s in weight_map.items()
-                       if n in tensors and tensors[n].path.name != s)
+        moved = sorted(
+            f"{n} is in {tensors[n].path.name}, not {s}"
+            for n, s in weight_map.items()
+            if n in tensors and tensors[n].path.name != s
+        )
         if moved:
             raise CheckpointError(f"{index_path}: does not match the shards: {_few(moved)}")
         missing = sorted(n for n in weight_map if n not in tensors)
         extra = sorted(set(tensors) - set(weight_map))
         if missing or extra:
-            raise CheckpointError(f"{index_path}: does not match the shards: "
-                                  f"missing {_few(missing)}, not indexed {_few(extra)}")
+            raise CheckpointError(
+                f"{index_path}: does not match the shards: missing {_few(missing)}, not indexed {_few(extra)}"
+            )
     return tensors
 
 
@@ -203,19 +209,38 @@ def parse_text_config(config: dict[str, Any], where: Path) -> TextConfig:
     n_layers = get("num_hidden_layers", int)
     interval = get("full_attention_interval", int)
     layer_types = merged.get("layer_types") or [
-        "full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(n_layers)]
-    if (not isinstance(layer_types, list) or len(layer_types) != n_layers
-            or not all(t in ("full_attention", "linear_attention") for t in layer_types)):
-        raise CheckpointError(f"{where}: text_config.layer_types must list {n_layers} "
-                              "'linear_attention'/'full_attention' entries")
+        "full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(n_layers)
+    ]
+    if (
+        not isinstance(layer_types, list)
+        or len(layer_types) != n_layers
+        or not all(t in ("full_attention", "linear_attention") for t in layer_types)
+    ):
+        raise CheckpointError(
+            f"{where}: text_config.layer_types must list {n_layers} 'linear_attention'/'full_attention' entries"
+        )
     section = get("mrope_section", list)
     if not all(type(s) is int and 0 <= s < 2**31 for s in section) or len(section) > 4:
         raise CheckpointError(f"{where}: text_config.mrope_section {section!r} is not a list of up to 4 ints")
     text = TextConfig(
-        **{k: get(k, int) for k in (
-            "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
-            "max_position_embeddings", "vocab_size", "linear_conv_kernel_dim", "linear_key_head_dim",
-            "linear_value_head_dim", "linear_num_key_heads", "linear_num_value_heads", "mtp_num_hidden_layers")},
+        **{
+            k: get(k, int)
+            for k in (
+                "hidden_size",
+                "intermediate_size",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "head_dim",
+                "max_position_embeddings",
+                "vocab_size",
+                "linear_conv_kernel_dim",
+                "linear_key_head_dim",
+                "linear_value_head_dim",
+                "linear_num_key_heads",
+                "linear_num_value_heads",
+                "mtp_num_hidden_layers",
+            )
+        },
         num_hidden_layers=n_layers,
         full_attention_interval=interval,
         rms_norm_eps=get("rms_norm_eps", float),
@@ -230,20 +255,27 @@ def parse_text_config(config: dict[str, Any], where: Path) -> TextConfig:
 
 
 def _check_text_config(c: TextConfig, where: Path) -> None:
-    positive = [k for k, v in vars(c).items()
-                if type(v) in (int, float) and (v < 0 if k == "mtp_num_hidden_layers" else v <= 0)]
+    positive = [
+        k for k, v in vars(c).items() if type(v) in (int, float) and (v < 0 if k == "mtp_num_hidden_layers" else v <= 0)
+    ]
     if positive:  # first: the checks below divide by some of them
         raise CheckpointError(f"{where}: text_config values must be positive: {', '.join(positive)}")
     too_big = [k for k, v in vars(c).items() if type(v) is int and v >= 2**31]
     if too_big:  # GGUF stores them as 32-bit integers
         raise CheckpointError(f"{where}: text_config values too large (2^31 or more): {', '.join(too_big)}")
     if c.partial_rotary_factor > 1 or c.rope_dim < 2:
-        raise CheckpointError(f"{where}: partial_rotary_factor {c.partial_rotary_factor} (x head_dim {c.head_dim}): "
-                              "needs 0 < factor <= 1 and at least 2 rotary dimensions")
+        raise CheckpointError(
+            f"{where}: partial_rotary_factor {c.partial_rotary_factor} (x head_dim {c.head_dim}): "
+            "needs 0 < factor <= 1 and at least 2 rotary dimensions"
+        )
     # llama.cpp's qwen35 graph uses one head size (ssm.state_size) for linear keys and values.
     if c.linear_key_head_dim != c.linear_value_head_dim:
-        raise CheckpointError(f"{where}: linear_key_head_dim {c.linear_key_head_dim} != linear_value_head_dim "
-                              f"{c.linear_value_head_dim}; llama.cpp's qwen35 needs them equal")
+        raise CheckpointError(
+            f"{where}: linear_key_head_dim {c.linear_key_head_dim} != linear_value_head_dim "
+            f"{c.linear_value_head_dim}; llama.cpp's qwen35 needs them equal"
+        )
     if c.linear_num_value_heads % c.linear_num_key_heads:
-        raise CheckpointError(f"{where}: linear_num_value_heads {c.linear_num_value_heads} is not a multiple of "
-                              f"linear_num_key_heads {c.linear_num_key_heads}")
+        raise CheckpointError(
+            f"{where}: linear_num_value_heads {c.linear_num_value_heads} is not a multiple of "
+            f"linear_num_key_heads {c.linear_num_key_heads}"
+        )

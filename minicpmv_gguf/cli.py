@@ -26,8 +26,11 @@ class _Group(click.Group):
 
 
 # Measured on the full-size mmproj, 2 Zen 4 cores (benchmarks/results/runtime.md).
-MMPROJ_TYPE_HELP = ("The mmproj's weight type: f16 (default) runs well everywhere, bf16 encodes 8–25 % faster "
-                    "on CPUs with AVX-512 BF16, q8_0 needs 0.37 GB less memory.")
+MMPROJ_TYPE_HELP = (
+    "The mmproj's weight type: f16 (default) runs well everywhere, bf16 encodes 8–25 % faster "
+    "on CPUs with AVX-512 BF16, q8_0 needs 0.37 GB less memory."
+)
+
 
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="minicpmv-gguf")
@@ -47,14 +50,20 @@ def cli(verbose: bool) -> None:
 @cli.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The LM GGUF to write.")
-@click.option("--outtype", type=click.Choice(["auto", "f32", "f16", "bf16", "q8_0"]), default="auto",
-              show_default=True, help="auto keeps the checkpoint's own float type (lossless).")
+@click.option(
+    "--outtype",
+    type=click.Choice(["auto", "f32", "f16", "bf16", "q8_0"]),
+    default="auto",
+    show_default=True,
+    help="auto keeps the checkpoint's own float type (lossless).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the tensor plan; write nothing.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @click.option("--name", help="general.name (default: the checkpoint directory's name).")
 @click.option("--source-url", help="general.source.url (default: from config.json _name_or_path).")
-def convert(checkpoint: Path, out: Path, outtype: str, dry_run: bool, force: bool,
-            name: str | None, source_url: str | None) -> None:
+def convert(
+    checkpoint: Path, out: Path, outtype: str, dry_run: bool, force: bool, name: str | None, source_url: str | None
+) -> None:
     """Write the language-model GGUF (qwen35) of a MiniCPM-V 4.6 checkpoint."""
     from .convert_hf_to_gguf import plan_lm, write_lm
     from .gguf_io import check_output
@@ -68,19 +77,35 @@ def convert(checkpoint: Path, out: Path, outtype: str, dry_run: bool, force: boo
         click.echo(plan.summary())
         return
     with click.progressbar(length=plan.n_bytes, label="writing tensors", file=sys.stderr) as bar:
-        result = write_lm(plan, out, overwrite=force, name=name, source_url=source_url,
-                          progress=lambda n, _name: bar.update(n))
+        result = write_lm(
+            plan, out, overwrite=force, name=name, source_url=source_url, progress=lambda n, _name: bar.update(n)
+        )
     click.echo(result.summary())
 
 
 @cli.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
-              help="The mmproj GGUF to write; with --mode both, NAME-16x.gguf and NAME-4x.gguf.")
-@click.option("--mode", type=click.Choice(["16x", "4x", "both"]), default="16x", show_default=True,
-              help="Visual-token compression: 16x (fewer tokens, faster) or 4x (fine detail).")
-@click.option("--outtype", type=click.Choice(["auto", "f32", "f16", "bf16", "q8_0"]), default="f16",
-              show_default=True, help=MMPROJ_TYPE_HELP)
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The mmproj GGUF to write; with --mode both, NAME-16x.gguf and NAME-4x.gguf.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["16x", "4x", "both"]),
+    default="16x",
+    show_default=True,
+    help="Visual-token compression: 16x (fewer tokens, faster) or 4x (fine detail).",
+)
+@click.option(
+    "--outtype",
+    type=click.Choice(["auto", "f32", "f16", "bf16", "q8_0"]),
+    default="f16",
+    show_default=True,
+    help=MMPROJ_TYPE_HELP,
+)
 @click.option("--dry-run", is_flag=True, help="Print the tensor plan; write nothing.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 def mmproj(checkpoint: Path, out: Path, mode: str, outtype: str, dry_run: bool, force: bool) -> None:
@@ -96,7 +121,9 @@ def mmproj(checkpoint: Path, out: Path, mode: str, outtype: str, dry_run: bool, 
         plan = plan_mmproj(checkpoint, mode=m, outtype=outtype)
         if dry_run:
             for row in plan.rows:
-                click.echo(f"{row.hf_name} -> {row.gguf_name}  {row.source_dtype} -> {row.ggml_type}  {list(row.shape)}")
+                click.echo(
+                    f"{row.hf_name} -> {row.gguf_name}  {row.source_dtype} -> {row.ggml_type}  {list(row.shape)}"
+                )
             click.echo(plan.summary())
             continue
         with click.progressbar(length=plan.n_bytes, label=f"writing {m} mmproj", file=sys.stderr) as bar:
@@ -107,23 +134,50 @@ def mmproj(checkpoint: Path, out: Path, mode: str, outtype: str, dry_run: bool, 
 @cli.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The quantized LM GGUF.")
-@click.option("--type", "qtype", default="Q4_K_M", show_default=True,
-              help="A llama-quantize type: Q4_K_M, Q4_K_S, Q5_K_M, Q6_K, Q8_0, Q4_0, IQ4_XS, ...")
-@click.option("--recipe", help="A named recipe instead of --type: Q4_K_M-sensitive keeps attn_gate, attn_qkv "
-                               "and ssm_out at Q8_0.")
-@click.option("--tensor-type", "tensor_types", multiple=True, metavar="PATTERN=TYPE",
-              help="Override the type of tensors whose name matches PATTERN (a regex), e.g. attn_qkv=q8_0.")
+@click.option(
+    "--type",
+    "qtype",
+    default="Q4_K_M",
+    show_default=True,
+    help="A llama-quantize type: Q4_K_M, Q4_K_S, Q5_K_M, Q6_K, Q8_0, Q4_0, IQ4_XS, ...",
+)
+@click.option(
+    "--recipe", help="A named recipe instead of --type: Q4_K_M-sensitive keeps attn_gate, attn_qkv and ssm_out at Q8_0."
+)
+@click.option(
+    "--tensor-type",
+    "tensor_types",
+    multiple=True,
+    metavar="PATTERN=TYPE",
+    help="Override the type of tensors whose name matches PATTERN (a regex), e.g. attn_qkv=q8_0.",
+)
 @click.option("--imatrix", type=click.Path(path_type=Path), help="An importance matrix (llama.cpp imatrix GGUF).")
 @click.option("--threads", type=int, help="Quantizer threads (default: all cores).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
-def quantize(src: Path, out: Path, qtype: str, recipe: str | None, tensor_types: tuple[str, ...],
-             imatrix: Path | None, threads: int | None, force: bool) -> None:
+def quantize(
+    src: Path,
+    out: Path,
+    qtype: str,
+    recipe: str | None,
+    tensor_types: tuple[str, ...],
+    imatrix: Path | None,
+    threads: int | None,
+    force: bool,
+) -> None:
     """Quantize an LM GGUF with llama.cpp's own quantizer (mmproj files: use `mmproj --outtype q8_0`)."""
     from .quantize import parse_overrides, quantize_lm
 
     click.echo(f"quantizing {src} ...", err=True)
-    result = quantize_lm(src, out, qtype=qtype, recipe=recipe, tensor_types=parse_overrides(list(tensor_types)),
-                         imatrix=imatrix, threads=threads, overwrite=force)
+    result = quantize_lm(
+        src,
+        out,
+        qtype=qtype,
+        recipe=recipe,
+        tensor_types=parse_overrides(list(tensor_types)),
+        imatrix=imatrix,
+        threads=threads,
+        overwrite=force,
+    )
     click.echo(result.summary())
 
 
@@ -139,8 +193,9 @@ def imatrix(lm: Path, text: Path, out: Path, ctx: int, chunks: int | None, threa
     """Compute an importance matrix of an LM GGUF from calibration text, for `quantize --imatrix`."""
     from .quantize.imatrix import compute_imatrix
 
-    result = compute_imatrix(lm, text, out, ctx=ctx, max_chunks=chunks, threads=threads, overwrite=force,
-                             progress=_chunk_progress("imatrix"))
+    result = compute_imatrix(
+        lm, text, out, ctx=ctx, max_chunks=chunks, threads=threads, overwrite=force, progress=_chunk_progress("imatrix")
+    )
     click.echo(result.summary())
 
 
@@ -149,20 +204,27 @@ def imatrix(lm: Path, text: Path, out: Path, ctx: int, chunks: int | None, threa
 @click.option("--ref", required=True, type=click.Path(path_type=Path), help="The reference GGUF (e.g. the F16 one).")
 @click.option("--text", required=True, type=click.Path(path_type=Path), help="Held-out text (UTF-8).")
 @click.option("--ctx", type=click.IntRange(min=2), default=512, show_default=True, help="Tokens per chunk.")
-@click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Tokens decoded at a time; llama.cpp keeps 2 x batch x vocab floats per model.")
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Tokens decoded at a time; llama.cpp keeps 2 x batch x vocab floats per model.",
+)
 @click.option("--chunks", type=click.IntRange(min=1), help="Use at most N chunks (default: the whole text).")
 @click.option("--threads", type=click.IntRange(min=1), help="llama.cpp threads (default: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def eval_(model: Path, ref: Path, text: Path, ctx: int, batch: int, chunks: int | None, threads: int | None,
-          as_json: bool) -> None:
+def eval_(
+    model: Path, ref: Path, text: Path, ctx: int, batch: int, chunks: int | None, threads: int | None, as_json: bool
+) -> None:
     """What MODEL loses against REF on a text: KL divergence, top-1 agreement, perplexity, logit NMSE."""
     import json
 
     from .quantize.evaluate import evaluate
 
-    result = evaluate(model, ref, text, ctx=ctx, batch=batch, max_chunks=chunks, threads=threads,
-                      progress=_chunk_progress("eval"))
+    result = evaluate(
+        model, ref, text, ctx=ctx, batch=batch, max_chunks=chunks, threads=threads, progress=_chunk_progress("eval")
+    )
     click.echo(json.dumps(result.as_dict()) if as_json else result.table())
 
 
@@ -180,11 +242,25 @@ def _chunk_progress(label: str):
 @click.option("--system", help="A default system prompt (Modelfile SYSTEM).")
 @click.option("--num-ctx", type=click.IntRange(min=1), default=4096, show_default=True, help="Context length.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-@click.option("--check", type=click.Path(path_type=Path), metavar="MODELFILE",
-              help="Check a Modelfile (or a package folder) against Ollama's rules instead; exit 1 on a problem.")
+@click.option(
+    "--check",
+    type=click.Path(path_type=Path),
+    metavar="MODELFILE",
+    help="Check a Modelfile (or a package folder) against Ollama's rules instead; exit 1 on a problem.",
+)
 @click.pass_context
-def ollama(ctx: click.Context, lm: Path | None, mmproj: Path | None, out: Path | None, name: str, link: bool,
-           system: str | None, num_ctx: int, force: bool, check: Path | None) -> None:
+def ollama(
+    ctx: click.Context,
+    lm: Path | None,
+    mmproj: Path | None,
+    out: Path | None,
+    name: str,
+    link: bool,
+    system: str | None,
+    num_ctx: int,
+    force: bool,
+    check: Path | None,
+) -> None:
     """Package the LM and mmproj GGUFs for Ollama (>= 0.30), or check a Modelfile.
 
     \b
@@ -216,10 +292,19 @@ def _chat_options(command):
     """Options shared by `run` and `chat`: the model files, the mode, sampling and sizes."""
     options = [
         click.argument("lm", type=click.Path(path_type=Path)),
-        click.option("--mmproj", "mmprojs", multiple=True, type=click.Path(path_type=Path),
-                     help="An mmproj GGUF; give the 16x and the 4x file to choose with --detail."),
-        click.option("--detail", type=click.Choice(["normal", "high"]), default=None,
-                     help="normal: the 16x mmproj (default when given); high: the 4x mmproj (fine detail)."),
+        click.option(
+            "--mmproj",
+            "mmprojs",
+            multiple=True,
+            type=click.Path(path_type=Path),
+            help="An mmproj GGUF; give the 16x and the 4x file to choose with --detail.",
+        ),
+        click.option(
+            "--detail",
+            type=click.Choice(["normal", "high"]),
+            default=None,
+            help="normal: the 16x mmproj (default when given); high: the 4x mmproj (fine detail).",
+        ),
         click.option("--think", is_flag=True, help="Thinking mode (enable_thinking); off by default."),
         click.option("--system", help="A system prompt."),
         click.option("--temperature", type=float, default=0.7, show_default=True, help="0 = greedy."),
@@ -227,29 +312,64 @@ def _chat_options(command):
         click.option("--top-k", type=int, default=100, show_default=True),
         click.option("--repeat-penalty", type=float, default=1.05, show_default=True),
         click.option("--seed", type=int, help="Seed for reproducible sampling (default: random)."),
-        click.option("--max-tokens", type=click.IntRange(min=1), default=1024, show_default=True,
-                     help="The longest reply, in tokens."),
-        click.option("--ctx", type=click.IntRange(min=16), default=4096, show_default=True,
-                     help="Context length in tokens (the whole conversation, images included)."),
+        click.option(
+            "--max-tokens",
+            type=click.IntRange(min=1),
+            default=1024,
+            show_default=True,
+            help="The longest reply, in tokens.",
+        ),
+        click.option(
+            "--ctx",
+            type=click.IntRange(min=16),
+            default=4096,
+            show_default=True,
+            help="Context length in tokens (the whole conversation, images included).",
+        ),
         click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: the physical cores)."),
-        click.option("--max-frames", type=click.IntRange(min=1), default=16, show_default=True,
-                     help="The most frames taken from a video (1 per second)."),
-    ]  # fmt: skip
+        click.option(
+            "--max-frames",
+            type=click.IntRange(min=1),
+            default=16,
+            show_default=True,
+            help="The most frames taken from a video (1 per second).",
+        ),
+    ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
-def _open_chat(lm: Path, mmprojs: tuple[Path, ...], detail: str | None, think: bool, system: str | None,
-               temperature: float, top_p: float, top_k: int, repeat_penalty: float, seed: int | None,
-               max_tokens: int, ctx: int, threads: int | None, max_frames: int):  # fmt: skip
+def _open_chat(
+    lm: Path,
+    mmprojs: tuple[Path, ...],
+    detail: str | None,
+    think: bool,
+    system: str | None,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    repeat_penalty: float,
+    seed: int | None,
+    max_tokens: int,
+    ctx: int,
+    threads: int | None,
+    max_frames: int,
+):
     from .runtime import Sampling, open_model
 
     sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, repeat_penalty=repeat_penalty, seed=seed)
     model = open_model(lm, list(mmprojs), threads=threads)
     try:
-        return model.chat(detail=detail, thinking=think, sampling=sampling, system=system, max_tokens=max_tokens,
-                          n_ctx=ctx, max_frames=max_frames)  # fmt: skip
+        return model.chat(
+            detail=detail,
+            thinking=think,
+            sampling=sampling,
+            system=system,
+            max_tokens=max_tokens,
+            n_ctx=ctx,
+            max_frames=max_frames,
+        )
     except BaseException:
         model.close()
         raise
@@ -273,9 +393,19 @@ def run(prompt: str, images: tuple[Path, ...], video: Path | None, as_json: bool
     with session.model, session:  # the context goes before the weights
         if as_json:
             reply = session.send(prompt, list(images), video=video)
-            click.echo(json.dumps({"text": reply.text, "reasoning": reply.reasoning, "stop_reason": reply.stop_reason,
-                                   "token_ids": list(reply.token_ids), "mode": session.mmproj and session.mmproj.mode,
-                                   "timings": reply.timings.as_dict()}, ensure_ascii=False))  # fmt: skip
+            click.echo(
+                json.dumps(
+                    {
+                        "text": reply.text,
+                        "reasoning": reply.reasoning,
+                        "stop_reason": reply.stop_reason,
+                        "token_ids": list(reply.token_ids),
+                        "mode": session.mmproj and session.mmproj.mode,
+                        "timings": reply.timings.as_dict(),
+                    },
+                    ensure_ascii=False,
+                )
+            )
             return
         from .chat_repl import echo_stream
 
@@ -303,13 +433,27 @@ def chat(stats: bool, **opts) -> None:
 @cli.command("build")
 @click.argument("source")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The build directory.")
-@click.option("--quant", default="Q4_K_M", show_default=True,
-              help="The LM's llama-quantize type (Q4_K_M, Q5_K_M, Q8_0, ...); F16, BF16 or F32 skip quantization.")
+@click.option(
+    "--quant",
+    default="Q4_K_M",
+    show_default=True,
+    help="The LM's llama-quantize type (Q4_K_M, Q5_K_M, Q8_0, ...); F16, BF16 or F32 skip quantization.",
+)
 @click.option("--modes", default="16x", show_default=True, help="mmproj modes: 16x, 4x or 16x,4x.")
-@click.option("--lm-outtype", type=click.Choice(["auto", "f32", "f16", "bf16"]), default="auto", show_default=True,
-              help="The unquantized LM GGUF that is quantized (auto: the checkpoint's own float type).")
-@click.option("--mmproj-outtype", type=click.Choice(["auto", "f32", "f16", "bf16", "q8_0"]), default="f16",
-              show_default=True, help=MMPROJ_TYPE_HELP)
+@click.option(
+    "--lm-outtype",
+    type=click.Choice(["auto", "f32", "f16", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="The unquantized LM GGUF that is quantized (auto: the checkpoint's own float type).",
+)
+@click.option(
+    "--mmproj-outtype",
+    type=click.Choice(["auto", "f32", "f16", "bf16", "q8_0"]),
+    default="f16",
+    show_default=True,
+    help=MMPROJ_TYPE_HELP,
+)
 @click.option("--keep-unquantized", is_flag=True, help="Keep the unquantized LM GGUF (for verify, imatrix, eval).")
 @click.option("--name", default="minicpm-v4.6", show_default=True, help="The Ollama model name.")
 @click.option("--no-ollama", is_flag=True, help="Write no Ollama package.")
@@ -318,9 +462,22 @@ def chat(stats: bool, **opts) -> None:
 @click.option("--verify", "then_verify", is_flag=True, help="Then run `verify` (needs torch and transformers).")
 @click.option("--force", is_flag=True, help="Build into a directory that holds something else; redo every stage.")
 @click.pass_context
-def build_(ctx: click.Context, source: str, out: Path, quant: str, modes: str, lm_outtype: str, mmproj_outtype: str,
-           keep_unquantized: bool, name: str, no_ollama: bool, revision: str | None, threads: int | None,
-           then_verify: bool, force: bool) -> None:
+def build_(
+    ctx: click.Context,
+    source: str,
+    out: Path,
+    quant: str,
+    modes: str,
+    lm_outtype: str,
+    mmproj_outtype: str,
+    keep_unquantized: bool,
+    name: str,
+    no_ollama: bool,
+    revision: str | None,
+    threads: int | None,
+    then_verify: bool,
+    force: bool,
+) -> None:
     """A checkpoint directory or Hugging Face repo id -> quantized LM, mmproj, Ollama package and manifest.
 
     Running it again skips the stages whose outputs match the manifest.
@@ -331,10 +488,21 @@ def build_(ctx: click.Context, source: str, out: Path, quant: str, modes: str, l
     """
     from .build import StageProgress, build
 
-    result = build(source, out, quant=quant, modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
-                   lm_outtype=lm_outtype, mmproj_outtype=mmproj_outtype, keep_unquantized=keep_unquantized,
-                   ollama=not no_ollama, ollama_name=name, revision=revision, threads=threads, force=force,
-                   progress=StageProgress(sys.stderr))
+    result = build(
+        source,
+        out,
+        quant=quant,
+        modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
+        lm_outtype=lm_outtype,
+        mmproj_outtype=mmproj_outtype,
+        keep_unquantized=keep_unquantized,
+        ollama=not no_ollama,
+        ollama_name=name,
+        revision=revision,
+        threads=threads,
+        force=force,
+        progress=StageProgress(sys.stderr),
+    )
     click.echo(result.summary())
     if then_verify:
         ctx.invoke(verify_, build_dir=out, checkpoint=str(result.source.path))
@@ -347,8 +515,14 @@ def build_(ctx: click.Context, source: str, out: Path, quant: str, modes: str, l
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--no-record", is_flag=True, help="Do not write the result into manifest.json.")
 @click.pass_context
-def verify_(ctx: click.Context, build_dir: Path, checkpoint: str | None, threads: int | None = None,
-            as_json: bool = False, no_record: bool = False) -> None:
+def verify_(
+    ctx: click.Context,
+    build_dir: Path,
+    checkpoint: str | None,
+    threads: int | None = None,
+    as_json: bool = False,
+    no_record: bool = False,
+) -> None:
     """Parity of a build's GGUFs with the PyTorch reference: tokenizer, text logits, image embeddings.
 
     Exit 1 when a check is past its bound. Needs torch and transformers.

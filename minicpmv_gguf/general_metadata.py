@@ -12,13 +12,17 @@ from .checkpoint import Checkpoint, read_json
 from .gguf_io import KV
 
 # generation_config.json -> general.sampling.* (llama.cpp's tools take them as sampling defaults).
-SAMPLING_KEYS = {"temperature": ("general.sampling.temp", T.FLOAT32), "top_k": ("general.sampling.top_k", T.INT32),
-                 "top_p": ("general.sampling.top_p", T.FLOAT32),
-                 "repetition_penalty": ("general.sampling.penalty_repeat", T.FLOAT32)}
+SAMPLING_KEYS = {
+    "temperature": ("general.sampling.temp", T.FLOAT32),
+    "top_k": ("general.sampling.top_k", T.INT32),
+    "top_p": ("general.sampling.top_p", T.FLOAT32),
+    "repetition_penalty": ("general.sampling.penalty_repeat", T.FLOAT32),
+}
 
 
-def general_kvs(ckpt: Checkpoint, *, file_type: int, gguf_type: str, name: str | None = None,
-                source_url: str | None = None) -> list[KV]:
+def general_kvs(
+    ckpt: Checkpoint, *, file_type: int, gguf_type: str, name: str | None = None, source_url: str | None = None
+) -> list[KV]:
     """general.* rows. `gguf_type` is "model" (LM GGUF) or "mmproj"."""
     rows = [
         KV("general.type", gguf_type, T.STRING),
@@ -42,8 +46,11 @@ def sampling_kvs(ckpt: Checkpoint) -> list[KV]:
     gen = read_json(path) if path.is_file() else {}
     if not isinstance(gen, dict) or not gen.get("do_sample"):
         return []
-    return [KV(key, int(gen[hf]) if kind is T.INT32 else float(gen[hf]), kind)
-            for hf, (key, kind) in SAMPLING_KEYS.items() if type(gen.get(hf)) in (int, float)]
+    return [
+        KV(key, int(gen[hf]) if kind is T.INT32 else float(gen[hf]), kind)
+        for hf, (key, kind) in SAMPLING_KEYS.items()
+        if type(gen.get(hf)) in (int, float)
+    ]
 
 
 def model_card_license(path: Path) -> str | None:

@@ -37,10 +37,20 @@ def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
     cpu = ctypes.CDLL(str(_find(lib_dir, "ggml-cpu")))
     for fn in (cpu.ggml_cpu_fp32_to_fp16, cpu.ggml_cpu_fp32_to_bf16, cpu.ggml_cpu_bf16_to_fp32):
         fn.argtypes, fn.restype = _c, None
-    base.ggml_quantize_chunk.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                         ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
+    base.ggml_quantize_chunk.argtypes = (
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+    )
     base.ggml_quantize_chunk.restype = ctypes.c_size_t
-    base.ggml_quantize_requires_imatrix.argtypes, base.ggml_quantize_requires_imatrix.restype = (ctypes.c_int,), ctypes.c_bool
+    base.ggml_quantize_requires_imatrix.argtypes, base.ggml_quantize_requires_imatrix.restype = (
+        (ctypes.c_int,),
+        ctypes.c_bool,
+    )
     cpu.ggml_cpu_init()  # selects the SIMD paths for this CPU
     return base, cpu
 

@@ -16,9 +16,21 @@ from gguf import LlamaFileType
 
 from .gguf_io import ArraySummary, GGUFHeader, read_gguf_header
 
-_SHORT_TYPES = {"UINT8": "u8", "INT8": "i8", "UINT16": "u16", "INT16": "i16", "UINT32": "u32", "INT32": "i32",
-                "FLOAT32": "f32", "BOOL": "bool", "STRING": "str", "ARRAY": "array", "UINT64": "u64",
-                "INT64": "i64", "FLOAT64": "f64"}  # fmt: skip
+_SHORT_TYPES = {
+    "UINT8": "u8",
+    "INT8": "i8",
+    "UINT16": "u16",
+    "INT16": "i16",
+    "UINT32": "u32",
+    "INT32": "i32",
+    "FLOAT32": "f32",
+    "BOOL": "bool",
+    "STRING": "str",
+    "ARRAY": "array",
+    "UINT64": "u64",
+    "INT64": "i64",
+    "FLOAT64": "f64",
+}
 _MAX_TEXT = 60  # characters of a string value shown before it is cut
 
 
@@ -52,27 +64,39 @@ class GGUFSummary:
 
     def text(self, *, tensors: bool = False) -> str:
         h = self.header
-        lines = [f"{self.path}: GGUF v{h.version}, {_mb(self.file_size)}, {len(h.kv_types or {})} key/values, "
-                 f"{len(h.tensors)} tensors (data from byte {h.data_offset:,})", "", "key/values"]
+        lines = [
+            f"{self.path}: GGUF v{h.version}, {_mb(self.file_size)}, {len(h.kv_types or {})} key/values, "
+            f"{len(h.tensors)} tensors (data from byte {h.data_offset:,})",
+            "",
+            "key/values",
+        ]
         width = max((len(k) for k in h.kv_types or {}), default=0)
         for key, vtype in (h.kv_types or {}).items():
             value = h.kvs.get(key)
-            shown_type = f"[{_SHORT_TYPES.get(value.type, value.type)}]" if isinstance(value, ArraySummary) \
+            shown_type = (
+                f"[{_SHORT_TYPES.get(value.type, value.type)}]"
+                if isinstance(value, ArraySummary)
                 else _SHORT_TYPES.get(vtype, vtype)
+            )
             lines.append(f"  {key:<{width}}  {shown_type:<7} {_format_value(key, value)}")
         lines += ["", "tensors by type", f"  {'type':<8} {'tensors':>8} {'parameters':>15} {'bytes':>11} {'share':>7}"]
         rows, total = self.by_type, sum(t.nbytes for t in h.tensors) or 1
         for r in rows:
-            lines.append(f"  {r.ggml_type:<8} {r.n_tensors:>8,} {r.n_params:>15,} {_mb(r.n_bytes):>11} "
-                         f"{r.n_bytes / total:>7.1%}")
+            lines.append(
+                f"  {r.ggml_type:<8} {r.n_tensors:>8,} {r.n_params:>15,} {_mb(r.n_bytes):>11} {r.n_bytes / total:>7.1%}"
+            )
         n_params = sum(r.n_params for r in rows)
-        lines.append(f"  {'total':<8} {len(h.tensors):>8,} {n_params:>15,} {_mb(sum(r.n_bytes for r in rows)):>11} "
-                     f"{8 * total / max(n_params, 1):>5.2f} bits per weight")
+        lines.append(
+            f"  {'total':<8} {len(h.tensors):>8,} {n_params:>15,} {_mb(sum(r.n_bytes for r in rows)):>11} "
+            f"{8 * total / max(n_params, 1):>5.2f} bits per weight"
+        )
         if tensors:
             name_width = max((len(t.name) for t in h.tensors), default=0)
             lines += ["", "tensors"]
-            lines += [f"  {t.name:<{name_width}}  {t.ggml_type:<6} {str(list(t.shape)):<22} {_mb(t.nbytes):>11}"
-                      for t in h.tensors]
+            lines += [
+                f"  {t.name:<{name_width}}  {t.ggml_type:<6} {str(list(t.shape)):<22} {_mb(t.nbytes):>11}"
+                for t in h.tensors
+            ]
         return "\n".join(lines)
 
 

@@ -12,10 +12,11 @@ import logging
 import math
 import os
 import struct
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
@@ -96,7 +97,7 @@ def remove_stale_parts(out: Path) -> list[Path]:
     removed = []
     prefix = f".{out.name}."
     for part in out.parent.glob(f"{glob.escape(prefix)}*.part"):
-        pid = part.name[len(prefix):-len(".part")]
+        pid = part.name[len(prefix) : -len(".part")]
         if not (pid.isascii() and pid.isdigit()) or _pid_alive(int(pid)) or part.is_symlink() or not part.is_file():
             continue
         try:
@@ -120,8 +121,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def write_gguf(out: Path, arch: str, kvs: list[KV], tensors: list[TensorOut], *,
-               overwrite: bool = False, progress: Progress | None = None) -> int:
+def write_gguf(
+    out: Path,
+    arch: str,
+    kvs: list[KV],
+    tensors: list[TensorOut],
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> int:
     """Write a complete GGUF file atomically; return the number of bytes written."""
     with atomic_output(out, overwrite=overwrite) as tmp:
         writer = GGUFWriter(tmp, arch)
@@ -164,15 +172,16 @@ def read_metadata(path: Path) -> tuple[dict[str, Any], list[TensorInfo]]:
     """All key/values (decoded) and tensor infos of a GGUF file."""
     reader = GGUFReader(path)
     kvs = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
-    tensors = [TensorInfo(t.name, t.tensor_type.name, tuple(int(d) for d in reversed(t.shape)), int(t.n_bytes))
-               for t in reader.tensors]
+    tensors = [
+        TensorInfo(t.name, t.tensor_type.name, tuple(int(d) for d in reversed(t.shape)), int(t.n_bytes))
+        for t in reader.tensors
+    ]
     return kvs, tensors
 
 
 def read_kv_types(path: Path) -> dict[str, tuple[GGUFValueType, ...]]:
     """The stored GGUF type(s) of every key (array keys list the element type last)."""
-    return {name: tuple(field.types) for name, field in GGUFReader(path).fields.items()
-            if not name.startswith("GGUF.")}
+    return {name: tuple(field.types) for name, field in GGUFReader(path).fields.items() if not name.startswith("GGUF.")}
 
 
 # GGUF value types -> struct format; 8 is a string, 9 an array.
@@ -260,8 +269,10 @@ def check_gguf_complete(path: Path, *, array_head: int = 0) -> GGUFHeader:
     for t in header.tensors:
         end = header.data_offset + (t.offset or 0) + t.nbytes
         if end > size:
-            raise GGUFError(f"{path}: truncated GGUF: tensor {t.name!r} ends at byte {end}, the file has {size} "
-                            "(an interrupted write, copy or download?)")
+            raise GGUFError(
+                f"{path}: truncated GGUF: tensor {t.name!r} ends at byte {end}, the file has {size} "
+                "(an interrupted write, copy or download?)"
+            )
     return header
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -20,8 +20,25 @@ from .ggml_kernels import bf16_to_f32
 
 # dtypes we convert; other valid safetensors dtypes are refused by name.
 ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2}
-KNOWN_DTYPES = {"F64", "I64", "I32", "I16", "I8", "U8", "U16", "U32", "U64", "BOOL",
-                "F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4", "C64"} | set(ITEMSIZE)
+KNOWN_DTYPES = {
+    "F64",
+    "I64",
+    "I32",
+    "I16",
+    "I8",
+    "U8",
+    "U16",
+    "U32",
+    "U64",
+    "BOOL",
+    "F8_E4M3",
+    "F8_E5M2",
+    "F8_E8M0",
+    "F6_E2M3",
+    "F6_E3M2",
+    "F4",
+    "C64",
+} | set(ITEMSIZE)
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
 CHUNK_BYTES = 32 * 1024 * 1024  # rows read per step: bounds peak memory, large enough to stay fast
 
@@ -88,13 +105,19 @@ def _parse_entry(path: Path, name: str, entry: object, data_start: int) -> Tenso
         raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype}; only F32, F16 and BF16 are supported")
     if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
         raise CheckpointError(f"{bad} has an invalid shape {shape!r}")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
-            and 0 <= offsets[0] <= offsets[1]):
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(type(o) is int for o in offsets)
+        and 0 <= offsets[0] <= offsets[1]
+    ):
         raise CheckpointError(f"{bad} has invalid data_offsets {offsets!r}")
     # Python ints: a huge declared shape is only arithmetic here, never an allocation.
     expected = math.prod(shape) * ITEMSIZE[dtype]
     if offsets[1] - offsets[0] != expected:
-        raise CheckpointError(f"{bad} holds {offsets[1] - offsets[0]} bytes but {dtype} {tuple(shape)} needs {expected}")
+        raise CheckpointError(
+            f"{bad} holds {offsets[1] - offsets[0]} bytes but {dtype} {tuple(shape)} needs {expected}"
+        )
     return TensorRef(name, path, dtype, tuple(shape), data_start + offsets[0], expected)
 
 
@@ -105,7 +128,9 @@ def _check_ranges(path: Path, refs: list[TensorRef], data_start: int, data_size:
             raise CheckpointError(f"{path}: corrupt safetensors header: tensor {r.name!r} overlaps another tensor")
         end = r.offset + r.nbytes
     if end > data_start + data_size:
-        raise CheckpointError(f"{path}: truncated: tensors need {end - data_start} data bytes, the file has {data_size}")
+        raise CheckpointError(
+            f"{path}: truncated: tensors need {end - data_start} data bytes, the file has {data_size}"
+        )
 
 
 def _to_f32(buf: np.ndarray, dtype: str) -> np.ndarray:
@@ -146,4 +171,3 @@ def row_chunks(ref: TensorRef, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple
     rows_per = max(1, chunk_bytes // max(1, ref.row_bytes // ITEMSIZE[ref.dtype] * 4))
     for start in range(0, ref.n_rows, rows_per):
         yield start, min(start + rows_per, ref.n_rows)
-

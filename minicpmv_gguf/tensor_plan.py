@@ -11,8 +11,9 @@ bits), so a damaged checkpoint or an F16 overflow is refused by tensor name.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 from gguf import GGMLQuantizationType as Q
@@ -32,8 +33,12 @@ def keep(w: np.ndarray) -> np.ndarray:
 
 
 OUTTYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0}
-FILE_TYPES = {Q.F32: LlamaFileType.ALL_F32, Q.F16: LlamaFileType.MOSTLY_F16,
-              Q.BF16: LlamaFileType.MOSTLY_BF16, Q.Q8_0: LlamaFileType.MOSTLY_Q8_0}
+FILE_TYPES = {
+    Q.F32: LlamaFileType.ALL_F32,
+    Q.F16: LlamaFileType.MOSTLY_F16,
+    Q.BF16: LlamaFileType.MOSTLY_BF16,
+    Q.Q8_0: LlamaFileType.MOSTLY_Q8_0,
+}
 SOURCE_TYPES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16}
 
 
@@ -46,10 +51,10 @@ class Rule:
 
     hf: str
     gguf: str
-    shape: Shape                # expected HF shape, from the config
+    shape: Shape  # expected HF shape, from the config
     transform: Transform = keep
-    dtype: str = "outtype"      # "f32" where llama.cpp needs it; "f16|f32" for conv kernels
-    layers: str = "all"         # "all", "linear_attention" or "full_attention"
+    dtype: str = "outtype"  # "f32" where llama.cpp needs it; "f16|f32" for conv kernels
+    layers: str = "all"  # "all", "linear_attention" or "full_attention"
     optional: bool = False
     gguf_shape: Shape | None = None  # when the transform changes the shape
 
@@ -82,9 +87,15 @@ def _compile(template: str) -> re.Pattern[str]:
     return re.compile("^" + re.escape(template).replace(r"\{bid\}", r"(?P<bid>\d+)") + "$")
 
 
-def plan_tensors(tensors: Iterable[TensorRef], rules: tuple[Rule, ...], c: Any, *, n_blocks: int,
-                 skip_prefixes: tuple[str, ...], layer_types: tuple[str, ...] | None = None,
-                 ) -> tuple[list[PlannedTensor], list[str]]:
+def plan_tensors(
+    tensors: Iterable[TensorRef],
+    rules: tuple[Rule, ...],
+    c: Any,
+    *,
+    n_blocks: int,
+    skip_prefixes: tuple[str, ...],
+    layer_types: tuple[str, ...] | None = None,
+) -> tuple[list[PlannedTensor], list[str]]:
     """Map every checkpoint tensor by exactly one rule, in GGUF-friendly order.
 
     Returns:
@@ -118,12 +129,16 @@ def plan_tensors(tensors: Iterable[TensorRef], rules: tuple[Rule, ...], c: Any, 
             problems.append(f"{ref.name}: shape {ref.shape}, config.json implies {rule.shape(c)}")
             continue
         gguf_shape = rule.gguf_shape(c) if rule.gguf_shape else ref.shape
-        planned.append(PlannedTensor(ref.name, rule.gguf.format(bid=bid), ref, gguf_shape, rule.transform, rule.dtype, bid))
+        planned.append(
+            PlannedTensor(ref.name, rule.gguf.format(bid=bid), ref, gguf_shape, rule.transform, rule.dtype, bid)
+        )
     for rule in rules:
-        bids = [None] if "{bid}" not in rule.hf else [
-            b for b in range(n_blocks) if rule.layers in ("all", kinds[b])]
-        problems += [f"{rule.hf.format(bid=b)}: missing" for b in bids
-                     if not rule.optional and rule.hf.format(bid=b) not in present]
+        bids = [None] if "{bid}" not in rule.hf else [b for b in range(n_blocks) if rule.layers in ("all", kinds[b])]
+        problems += [
+            f"{rule.hf.format(bid=b)}: missing"
+            for b in bids
+            if not rule.optional and rule.hf.format(bid=b) not in present
+        ]
     if problems:
         raise TensorMapError(f"{len(problems)} tensor problem(s): " + "; ".join(problems))
     # Global tensors first, then blocks in order, as llama.cpp's own files are laid out.
@@ -154,7 +169,9 @@ def ggml_type_for(p: PlannedTensor, out_type: Q) -> Q:
 
 def plan_rows(planned: list[PlannedTensor], tensors: list[TensorOut]) -> list[PlanRow]:
     """The printable plan: one row per tensor."""
-    return [PlanRow(p.hf_name, p.gguf_name, p.source.dtype, t.ggml_type.name, t.shape) for p, t in zip(planned, tensors)]
+    return [
+        PlanRow(p.hf_name, p.gguf_name, p.source.dtype, t.ggml_type.name, t.shape) for p, t in zip(planned, tensors)
+    ]
 
 
 def tensor_out(p: PlannedTensor, out_type: Q) -> TensorOut:
@@ -180,8 +197,11 @@ def _chunks(p: PlannedTensor, ggml_type: Q) -> Iterator[np.ndarray]:
 
 
 # Float types -> (unsigned, signed) views and the exponent mask: all-ones exponent bits = Inf or NaN.
-_FLOAT_BITS = {Q.F32: (np.uint32, np.int32, 0x7F800000), Q.F16: (np.uint16, np.int16, 0x7C00),
-               Q.BF16: (np.uint16, np.int16, 0x7F80)}
+_FLOAT_BITS = {
+    Q.F32: (np.uint32, np.int32, 0x7F800000),
+    Q.F16: (np.uint16, np.int16, 0x7C00),
+    Q.BF16: (np.uint16, np.int16, 0x7F80),
+}
 
 
 def all_finite(stored: np.ndarray, ggml_type: Q) -> bool:
@@ -209,13 +229,15 @@ def _finite(p: PlannedTensor, out: np.ndarray, ggml_type: Q, w: np.ndarray | Non
     where = f"{p.source.path}: tensor {p.hf_name!r}"
     source = w if p.transform is keep else read_tensor(p.source)  # transformed tensors are small
     if source is None or not np.isfinite(source).all():
-        raise CheckpointError(f"{where} holds NaN or Inf values; the checkpoint is damaged (re-export or "
-                              "re-download it)")
+        raise CheckpointError(
+            f"{where} holds NaN or Inf values; the checkpoint is damaged (re-export or re-download it)"
+        )
     if ggml_type == Q.F16 and np.isfinite(w).all():
-        raise CheckpointError(f"{where} has values up to {float(np.abs(w).max()):.4g} in magnitude, beyond "
-                              "F16's 65504: they would become Inf; use --outtype bf16 (or f32)")
-    raise CheckpointError(f"{where} becomes NaN or Inf as {p.gguf_name} ({ggml_type.name}): a value is out of "
-                          "range")
+        raise CheckpointError(
+            f"{where} has values up to {float(np.abs(w).max()):.4g} in magnitude, beyond "
+            "F16's 65504: they would become Inf; use --outtype bf16 (or f32)"
+        )
+    raise CheckpointError(f"{where} becomes NaN or Inf as {p.gguf_name} ({ggml_type.name}): a value is out of range")
 
 
 def encode(w: np.ndarray, ggml_type: Q) -> np.ndarray:
@@ -227,5 +249,3 @@ def encode(w: np.ndarray, ggml_type: Q) -> np.ndarray:
     if ggml_type == Q.BF16:
         return f32_to_bf16(w)
     return quantize_rows(w, ggml_type)
-
-

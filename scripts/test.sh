@@ -16,4 +16,7 @@ if ! command -v go >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" =
 fi
 echo "setting up .venv (llama-cpp-python compiles from source the first time: about 6 minutes)"
 bash scripts/setup.sh test
+# Style is held by ruff (settings in pyproject.toml): lint and formatting fail the run like a test.
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 exec .venv/bin/python -m pytest "$@"

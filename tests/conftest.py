@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# The runtime fixtures (tiny_files, bad_files) live beside the cases that use them.
+pytest_plugins = ["tests.runtime_cases"]
+
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch, tmp_path_factory):
@@ -42,7 +45,8 @@ def tiny_ckpt_bf16(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_ckpt_kquant(tmp_path_factory) -> Path:
-    """Every LM matrix row a multiple of 256 (k-quant blocks), 8 layers: llama.cpp's quant rules apply as on the real model."""
+    """Every LM matrix row a multiple of 256 (k-quant blocks), 8 layers: llama.cpp's quant rules apply as on the
+    real model."""
     from tests.fixtures.tiny_checkpoint import KQUANT_TEXT
 
     return _build(tmp_path_factory, "tiny-kquant", text_overrides=KQUANT_TEXT)
@@ -67,7 +71,6 @@ def convert_cached(tmp_path_factory):
     return convert
 
 
-
 @pytest.fixture(scope="session")
 def convert_mmproj_session(tmp_path_factory):
     """mmproj(checkpoint, mode, outtype) -> mmproj GGUF path, converted once per session."""
@@ -85,6 +88,7 @@ def convert_mmproj_session(tmp_path_factory):
         return cache[key]
 
     return convert
+
 
 def tree_digest(path: Path) -> str:
     """A digest of every file under path (names and bytes): proves inputs were not modified."""

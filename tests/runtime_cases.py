@@ -23,9 +23,15 @@ def tiny_files(tiny_ckpt, convert_cached, convert_mmproj_session, tmp_path_facto
     make_image(300, 200, seed=9).save(media / "c.jpg", quality=95)
     frames = [make_image(40, 30, seed=i) for i in range(10)]  # 10 x 0.25 s = 2.5 s: frames 0, 4, 8 at 1 fps
     frames[0].save(media / "clip.gif", save_all=True, append_images=frames[1:], duration=250, loop=0)
-    return SimpleNamespace(lm=convert_cached(tiny_ckpt, "f32"), mm16=convert_mmproj_session(tiny_ckpt, "16x"),
-                           mm4=convert_mmproj_session(tiny_ckpt, "4x"), image_a=media / "a.png",
-                           image_b=media / "b.png", image_c=media / "c.jpg", gif=media / "clip.gif")  # fmt: skip
+    return SimpleNamespace(
+        lm=convert_cached(tiny_ckpt, "f32"),
+        mm16=convert_mmproj_session(tiny_ckpt, "16x"),
+        mm4=convert_mmproj_session(tiny_ckpt, "4x"),
+        image_a=media / "a.png",
+        image_b=media / "b.png",
+        image_c=media / "c.jpg",
+        gif=media / "clip.gif",
+    )
 
 
 def rewrite_gguf(src: Path, dst: Path, changes: dict) -> Path:
@@ -66,9 +72,14 @@ def bad_files(tiny_files, tiny_ckpt_kquant, convert_mmproj_session, tmp_path_fac
     (d / "truncated.png").write_bytes(png[: len(png) // 2])
     # clip.cpp reads image_size with a typed getter that aborts the process on any other type
     rewrite_gguf(tiny_files.mm16, d / "mmproj-int32.gguf", {"clip.vision.image_size": (112, GGUFValueType.INT32)})
-    return SimpleNamespace(truncated_lm=d / "truncated.gguf", not_gguf=d / "notes.gguf", not_image=d / "notes.png",
-                           truncated_png=d / "truncated.png", mmproj_wrong_type=d / "mmproj-int32.gguf",
-                           mmproj_other_model=convert_mmproj_session(tiny_ckpt_kquant, "16x"))  # fmt: skip
+    return SimpleNamespace(
+        truncated_lm=d / "truncated.gguf",
+        not_gguf=d / "notes.gguf",
+        not_image=d / "notes.png",
+        truncated_png=d / "truncated.png",
+        mmproj_wrong_type=d / "mmproj-int32.gguf",
+        mmproj_other_model=convert_mmproj_session(tiny_ckpt_kquant, "16x"),
+    )
 
 
 @dataclass(frozen=True)
@@ -90,9 +101,15 @@ class BadInput:
         def path(name: str) -> str:
             return str(getattr(files, name, None) or getattr(bad, name, None) or name)
 
-        return {"lm": path(self.lm), "mmproj": [path(m) for m in self.mmproj], "images": [path(i) for i in self.images],
-                "video": path(self.video) if self.video else None, "detail": self.detail, "n_ctx": self.n_ctx,
-                "text": self.text}  # fmt: skip
+        return {
+            "lm": path(self.lm),
+            "mmproj": [path(m) for m in self.mmproj],
+            "images": [path(i) for i in self.images],
+            "video": path(self.video) if self.video else None,
+            "detail": self.detail,
+            "n_ctx": self.n_ctx,
+            "text": self.text,
+        }
 
 
 BAD_INPUTS = [
@@ -112,8 +129,22 @@ BAD_INPUTS = [
     BadInput("detail_high_without_4x", "lm", ("mm16",), "InputError", "needs a 4x mmproj", detail="high"),
     BadInput("missing_video", "lm", ("mm16",), "InputError", "video not found", video="/nonexistent/clip.mp4"),
     # llama.cpp rounds a context up to a multiple of 256 tokens: 256 is the smallest
-    BadInput("prompt_too_long", "lm", ("mm16",), "InputError", "but the context holds 256", n_ctx=256,
-             text="The quick brown fox jumps over the lazy dog. " * 40),
-    BadInput("images_too_long_for_context", "lm", ("mm4",), "InputError", "for images) but the context holds 256",
-             images=("image_c",) * 3, n_ctx=256),
-]  # fmt: skip
+    BadInput(
+        "prompt_too_long",
+        "lm",
+        ("mm16",),
+        "InputError",
+        "but the context holds 256",
+        n_ctx=256,
+        text="The quick brown fox jumps over the lazy dog. " * 40,
+    ),
+    BadInput(
+        "images_too_long_for_context",
+        "lm",
+        ("mm4",),
+        "InputError",
+        "for images) but the context holds 256",
+        images=("image_c",) * 3,
+        n_ctx=256,
+    ),
+]

@@ -28,8 +28,11 @@ from tests.test_cli_convert import run_cli
 
 def snapshot(out: Path) -> dict[str, tuple[int, int]]:
     """(inode, mtime) of every output file: a skipped stage leaves its files untouched."""
-    return {str(p.relative_to(out)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name not in (MANIFEST, ".minicpmv-gguf.lock")}
+    return {
+        str(p.relative_to(out)): (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name not in (MANIFEST, ".minicpmv-gguf.lock")
+    }
 
 
 def statuses(result) -> dict[str, str]:
@@ -54,23 +57,47 @@ def test_build_writes_what_the_manifest_lists(built, tiny_ckpt_kquant):
     result, _ = built
     out = result.out_dir
     assert result.lm == out / "lm-Q4_K_M.gguf" and set(result.mmprojs) == {"16x", "4x"}
-    assert statuses(result) == {"check": "ran", "convert": "ran", "quantize": "ran", "mmproj-16x": "ran",
-                                "mmproj-4x": "ran", "ollama": "ran"}
+    assert statuses(result) == {
+        "check": "ran",
+        "convert": "ran",
+        "quantize": "ran",
+        "mmproj-16x": "ran",
+        "mmproj-4x": "ran",
+        "ollama": "ran",
+    }
     m = json.loads((out / MANIFEST).read_text())
-    assert m["tools"] == {"minicpmv_gguf": __version__, "gguf": metadata.version("gguf"),
-                          "llama-cpp-python": metadata.version("llama-cpp-python"), "libllama": m["tools"]["libllama"]}
+    assert m["tools"] == {
+        "minicpmv_gguf": __version__,
+        "gguf": metadata.version("gguf"),
+        "llama-cpp-python": metadata.version("llama-cpp-python"),
+        "libllama": m["tools"]["libllama"],
+    }
     assert m["tools"]["libllama"]
     assert m["source"]["kind"] == "local" and m["source"]["path"] == str(tiny_ckpt_kquant.resolve())
     assert m["source"]["fingerprint"] == fingerprint(tiny_ckpt_kquant)[0]
     assert m["options"]["quant"] == "Q4_K_M" and m["options"]["modes"] == ["16x", "4x"]
     # Every file on disk is in the manifest with its true size and sha256; the unquantized LM is gone.
-    assert set(m["files"]) == set(snapshot(out)) == {"lm-Q4_K_M.gguf", "mmproj-16x.gguf", "mmproj-4x.gguf",
-                                                     "ollama/Modelfile", "ollama/lm-Q4_K_M.gguf",
-                                                     "ollama/mmproj-16x.gguf"}
+    assert (
+        set(m["files"])
+        == set(snapshot(out))
+        == {
+            "lm-Q4_K_M.gguf",
+            "mmproj-16x.gguf",
+            "mmproj-4x.gguf",
+            "ollama/Modelfile",
+            "ollama/lm-Q4_K_M.gguf",
+            "ollama/mmproj-16x.gguf",
+        }
+    )
     for name, record in m["files"].items():
         assert record["size"] == (out / name).stat().st_size and record["sha256"] == sha256(out / name), name
     lm, mm = m["files"]["lm-Q4_K_M.gguf"], m["files"]["mmproj-4x.gguf"]
-    assert (lm["architecture"], lm["file_type"], mm["architecture"], mm["file_type"]) == ("qwen35", "Q4_K_M", "clip", "F16")
+    assert (lm["architecture"], lm["file_type"], mm["architecture"], mm["file_type"]) == (
+        "qwen35",
+        "Q4_K_M",
+        "clip",
+        "F16",
+    )
     assert {"Q4_K", "Q6_K", "F32"} <= set(lm["tensor_types"])
     # The package links the build's GGUFs (one copy on disk) and passes Ollama's rules.
     for name in ("lm-Q4_K_M.gguf", "mmproj-16x.gguf"):
@@ -136,8 +163,14 @@ def test_rerun_redoes_only_what_is_missing_changed_or_asked_for(tiny_ckpt_kquant
         f.write(bytes([last[0] ^ 0xFF]))
 
     result = build(tiny_ckpt_kquant, out, modes=("16x", "4x"), threads=2)
-    assert statuses(result) == {"check": "ran", "convert": "not needed", "quantize": "skipped", "mmproj-16x": "ran",
-                                "mmproj-4x": "ran", "ollama": "ran"}
+    assert statuses(result) == {
+        "check": "ran",
+        "convert": "not needed",
+        "quantize": "skipped",
+        "mmproj-16x": "ran",
+        "mmproj-4x": "ran",
+        "ollama": "ran",
+    }
     assert snapshot(out)["lm-Q4_K_M.gguf"] == before["lm-Q4_K_M.gguf"]
     assert (out / "ollama" / "mmproj-16x.gguf").samefile(out / "mmproj-16x.gguf")
     m = json.loads((out / MANIFEST).read_text())
@@ -145,11 +178,21 @@ def test_rerun_redoes_only_what_is_missing_changed_or_asked_for(tiny_ckpt_kquant
 
     # Another quant type and one mode: the LM is redone, the outputs no longer wanted are removed.
     result = build(tiny_ckpt_kquant, out, quant="Q5_K_M", modes=("16x",), threads=2)
-    assert statuses(result) == {"check": "ran", "convert": "ran", "quantize": "ran", "mmproj-16x": "skipped",
-                                "ollama": "ran"}
+    assert statuses(result) == {
+        "check": "ran",
+        "convert": "ran",
+        "quantize": "ran",
+        "mmproj-16x": "skipped",
+        "ollama": "ran",
+    }
     assert set(result.removed) == {"lm-Q4_K_M.gguf", "mmproj-4x.gguf", "ollama/lm-Q4_K_M.gguf"}
-    assert set(snapshot(out)) == {"lm-Q5_K_M.gguf", "mmproj-16x.gguf", "ollama/Modelfile", "ollama/lm-Q5_K_M.gguf",
-                                  "ollama/mmproj-16x.gguf"}
+    assert set(snapshot(out)) == {
+        "lm-Q5_K_M.gguf",
+        "mmproj-16x.gguf",
+        "ollama/Modelfile",
+        "ollama/lm-Q5_K_M.gguf",
+        "ollama/mmproj-16x.gguf",
+    }
 
 
 def test_float_quant_and_kept_unquantized_lm(tiny_ckpt, tmp_path):
@@ -210,11 +253,13 @@ def test_foreign_directory_is_refused_without_force(tiny_ckpt_kquant, tiny_ckpt,
 
 def test_bad_options_and_outputs_fail_before_any_work(tiny_ckpt, tmp_path):
     out = tmp_path / "out"
-    cases = [(dict(quant="Q9_X"), QuantizeError, "unknown quantization type"),
-             (dict(quant="IQ2_XS"), QuantizeError, "importance matrix"),
-             (dict(modes=("8x",)), ToolkitError, "choose 16x, 4x"),
-             (dict(mmproj_outtype="q4_0"), ToolkitError, "mmproj outtype"),
-             (dict(ollama_name="no spaces"), OllamaError, "Ollama name")]
+    cases = [
+        (dict(quant="Q9_X"), QuantizeError, "unknown quantization type"),
+        (dict(quant="IQ2_XS"), QuantizeError, "importance matrix"),
+        (dict(modes=("8x",)), ToolkitError, "choose 16x, 4x"),
+        (dict(mmproj_outtype="q4_0"), ToolkitError, "mmproj outtype"),
+        (dict(ollama_name="no spaces"), OllamaError, "Ollama name"),
+    ]
     for kwargs, error, message in cases:
         with pytest.raises(error, match=message):
             build(tiny_ckpt, out, **kwargs)
@@ -245,9 +290,17 @@ def test_a_second_build_in_the_same_directory_fails_fast(tiny_ckpt, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from minicpmv_gguf.build import BuildLock; "
-         "lock = BuildLock(sys.argv[1]).__enter__(); print('locked', flush=True); sys.stdin.read()", str(out)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from minicpmv_gguf.build import BuildLock; "
+            "lock = BuildLock(sys.argv[1]).__enter__(); print('locked', flush=True); sys.stdin.read()",
+            str(out),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         t0 = time.monotonic()
@@ -255,7 +308,8 @@ def test_a_second_build_in_the_same_directory_fails_fast(tiny_ckpt, tmp_path):
         assert r.returncode == 1 and time.monotonic() - t0 < 30
         assert r.stderr.strip().splitlines()[-1] == (
             f"Error: {out}: another build or verify (build, pid {holder.pid}) is using this directory; "
-            "wait for it to finish or choose another directory")
+            "wait for it to finish or choose another directory"
+        )
         assert [p.name for p in out.iterdir()] == [".minicpmv-gguf.lock"]
     finally:
         holder.stdin.close()
@@ -270,12 +324,19 @@ def test_hub_repo_id_offline_fails_fast_and_cleanly(tmp_path, monkeypatch):
     # Online mode with an unreachable hub: one line, exit 1, well before any timeout.
     env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "minicpmv_gguf.cli", "build", "openbmb/MiniCPM-V-4.6", "-o", str(out)],
-                       capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "minicpmv_gguf.cli", "build", "openbmb/MiniCPM-V-4.6", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 1 and time.monotonic() - t0 < 30
-    assert r.stderr.strip() == ("Error: openbmb/MiniCPM-V-4.6: 127.0.0.1:9 cannot be reached (Connection refused) and "
-                                "the repo is not in the local Hugging Face cache; download it where the hub is "
-                                "reachable, or give a local checkpoint directory")
+    assert r.stderr.strip() == (
+        "Error: openbmb/MiniCPM-V-4.6: 127.0.0.1:9 cannot be reached (Connection refused) and "
+        "the repo is not in the local Hugging Face cache; download it where the hub is "
+        "reachable, or give a local checkpoint directory"
+    )
     assert not out.exists()
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed
     with pytest.raises(SourceError, match="needs huggingface_hub"):
@@ -291,8 +352,24 @@ def test_hub_repo_id_builds_from_the_local_cache_offline(tiny_ckpt, tmp_path):
     (repo / "refs" / "main").write_text(commit)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "minicpmv_gguf.cli", "build", "tiny/minicpmv", "-o", str(out),
-                        "--no-ollama", "--quant", "F16"], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "minicpmv_gguf.cli",
+            "build",
+            "tiny/minicpmv",
+            "-o",
+            str(out),
+            "--no-ollama",
+            "--quant",
+            "F16",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert f"from tiny/minicpmv@{commit[:12]}" in r.stdout
     source = json.loads((out / MANIFEST).read_text())["source"]

@@ -15,8 +15,9 @@ from tests.conftest import tree_digest
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "minicpmv_gguf.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "minicpmv_gguf.cli", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_convert_prints_progress_and_a_summary(tiny_ckpt, tmp_path):
@@ -56,17 +57,17 @@ def _truncate(path: Path, fraction: float = 0.5) -> None:
 def _corrupt_header(path: Path) -> None:
     data = bytearray(path.read_bytes())
     n = struct.unpack("<Q", data[:8])[0]
-    data[8:8 + n] = b"{" + b"x" * (n - 1)
+    data[8 : 8 + n] = b"{" + b"x" * (n - 1)
     path.write_bytes(bytes(data))
 
 
 def _rewrite_header(path: Path, edit, extra_data: bytes = b"") -> None:
     data = path.read_bytes()
     n = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     edit(header, max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"))
     raw = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:] + extra_data)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :] + extra_data)
 
 
 def _offset_past_end(header: dict, end: int) -> None:
@@ -80,29 +81,56 @@ def _add_i64_tensor(header: dict, end: int) -> None:
 
 def _token_past_vocab(ckpt: Path) -> None:
     vocab_size = json.loads((ckpt / "config.json").read_text())["text_config"]["vocab_size"]
-    _edit_json(ckpt / "tokenizer.json", lambda t: t["added_tokens"].append(
-        {"id": vocab_size + 3, "content": "<extra>", "single_word": False, "lstrip": False, "rstrip": False,
-         "normalized": False, "special": True}))
+    _edit_json(
+        ckpt / "tokenizer.json",
+        lambda t: t["added_tokens"].append(
+            {
+                "id": vocab_size + 3,
+                "content": "<extra>",
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+        ),
+    )
 
 
 BAD_CHECKPOINTS = {
-    "other architecture": (lambda c: _edit_json(c / "config.json", lambda d: d.update(
-        architectures=["LlamaForCausalLM"], model_type="llama")), "is not MiniCPMV4_6ForConditionalGeneration"),
+    "other architecture": (
+        lambda c: _edit_json(
+            c / "config.json", lambda d: d.update(architectures=["LlamaForCausalLM"], model_type="llama")
+        ),
+        "is not MiniCPMV4_6ForConditionalGeneration",
+    ),
     "missing config.json": (lambda c: (c / "config.json").unlink(), "config.json: file not found"),
     "missing tokenizer.json": (lambda c: (c / "tokenizer.json").unlink(), "tokenizer.json: file not found"),
-    "missing tokenizer_config.json": (lambda c: (c / "tokenizer_config.json").unlink(),
-                                      "tokenizer_config.json: file not found"),
+    "missing tokenizer_config.json": (
+        lambda c: (c / "tokenizer_config.json").unlink(),
+        "tokenizer_config.json: file not found",
+    ),
     "vocabulary past the embedding": (_token_past_vocab, "does not fit the embedding"),
-    "embedding rows != vocab_size": (lambda c: _edit_json(c / "config.json", lambda d: d["text_config"].update(
-        vocab_size=d["text_config"]["vocab_size"] + 8)), "embed_tokens.weight: shape"),
-    "wrong-typed config field": (lambda c: _edit_json(c / "config.json", lambda d: d["text_config"].update(
-        hidden_size="64")), "text_config.hidden_size: '64' is not int"),
+    "embedding rows != vocab_size": (
+        lambda c: _edit_json(
+            c / "config.json", lambda d: d["text_config"].update(vocab_size=d["text_config"]["vocab_size"] + 8)
+        ),
+        "embed_tokens.weight: shape",
+    ),
+    "wrong-typed config field": (
+        lambda c: _edit_json(c / "config.json", lambda d: d["text_config"].update(hidden_size="64")),
+        "text_config.hidden_size: '64' is not int",
+    ),
     "truncated safetensors": (lambda c: _truncate(c / "model.safetensors"), "truncated"),
     "corrupt header": (lambda c: _corrupt_header(c / "model.safetensors"), "not valid JSON"),
-    "offsets past the end": (lambda c: _rewrite_header(c / "model.safetensors", _offset_past_end),
-                             "model.safetensors: truncated: tensors need"),
-    "unsupported dtype": (lambda c: _rewrite_header(c / "model.safetensors", _add_i64_tensor, b"\0" * 8),
-                          "only F32, F16 and BF16"),
+    "offsets past the end": (
+        lambda c: _rewrite_header(c / "model.safetensors", _offset_past_end),
+        "model.safetensors: truncated: tensors need",
+    ),
+    "unsupported dtype": (
+        lambda c: _rewrite_header(c / "model.safetensors", _add_i64_tensor, b"\0" * 8),
+        "only F32, F16 and BF16",
+    ),
     "no chat template": (lambda c: (c / "chat_template.jinja").unlink(), "no chat template"),
 }
 
@@ -128,8 +156,12 @@ def test_bad_checkpoint_is_one_line_and_leaves_nothing(tiny_ckpt, tmp_path, case
 
 @pytest.mark.parametrize("case", ["exists", "parent missing", "parent is a file", "is a directory"])
 def test_bad_output_path(tiny_ckpt, tmp_path, case):
-    out = {"exists": tmp_path / "lm.gguf", "parent missing": tmp_path / "no" / "lm.gguf",
-           "parent is a file": tmp_path / "file" / "lm.gguf", "is a directory": tmp_path / "dir"}[case]
+    out = {
+        "exists": tmp_path / "lm.gguf",
+        "parent missing": tmp_path / "no" / "lm.gguf",
+        "parent is a file": tmp_path / "file" / "lm.gguf",
+        "is a directory": tmp_path / "dir",
+    }[case]
     (tmp_path / "file").write_text("x")
     (tmp_path / "dir").mkdir()
     if case == "exists":

@@ -12,14 +12,19 @@ import time
 
 import pytest
 
-from tests.runtime_cases import BAD_INPUTS, N_THREADS, QUESTION, bad_files, tiny_files  # noqa: F401 (fixtures)
+from tests.runtime_cases import BAD_INPUTS, N_THREADS, QUESTION
 
 STATS = re.compile(r"\[(\w+)\] (\d+) prompt tokens \((\d+) image, (\d+) cached\), (\d+) generated")
 
 
 def run_cli(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "minicpmv_gguf.cli", *map(str, args)], input=stdin,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "minicpmv_gguf.cli", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def model_args(files, *mmprojs) -> list:
@@ -30,8 +35,9 @@ def model_args(files, *mmprojs) -> list:
 
 
 def test_run_streams_the_answer_about_an_image(tiny_files):
-    r = run_cli("run", *model_args(tiny_files), "--image", tiny_files.image_a, "-p", QUESTION, "--max-tokens", 8,
-                "--seed", 1)  # fmt: skip
+    r = run_cli(
+        "run", *model_args(tiny_files), "--image", tiny_files.image_a, "-p", QUESTION, "--max-tokens", 8, "--seed", 1
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() and r.stdout.endswith("\n")
     assert re.search(r"\d+ prompt tokens \(4 image, 0 cached\), 8 generated; encode [\d.]+ s", r.stderr), r.stderr
@@ -40,8 +46,21 @@ def test_run_streams_the_answer_about_an_image(tiny_files):
 def test_run_json_with_high_detail_is_the_api_reply(tiny_files):
     from minicpmv_gguf.runtime import Sampling, open_model
 
-    r = run_cli("run", *model_args(tiny_files), "--image", tiny_files.image_c, "-p", QUESTION, "--detail", "high",
-                "--temperature", 0, "--max-tokens", 12, "--json")  # fmt: skip
+    r = run_cli(
+        "run",
+        *model_args(tiny_files),
+        "--image",
+        tiny_files.image_c,
+        "-p",
+        QUESTION,
+        "--detail",
+        "high",
+        "--temperature",
+        0,
+        "--max-tokens",
+        12,
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     t = out["timings"]
@@ -54,8 +73,9 @@ def test_run_json_with_high_detail_is_the_api_reply(tiny_files):
 
 
 def test_run_with_an_animated_gif_as_video(tiny_files):
-    r = run_cli("run", *model_args(tiny_files), "--video", tiny_files.gif, "-p", "What happens?", "--max-tokens", 2,
-                "--json")  # fmt: skip
+    r = run_cli(
+        "run", *model_args(tiny_files), "--video", tiny_files.gif, "-p", "What happens?", "--max-tokens", 2, "--json"
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["timings"]["image_tokens"] == 3 * 4  # 3 frames (1 fps over 2.5 s) x 4 tokens
 
@@ -93,9 +113,24 @@ def test_ctrl_c_stops_the_answer_not_the_chat(tiny_files):
     read_end, write_end = os.pipe()
     size = fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ: the smallest pipe
     os.write(write_end, b"x" * (size - 256))
-    proc = subprocess.Popen([sys.executable, "-m", "minicpmv_gguf.cli", "chat", *map(str, model_args(tiny_files)),
-                             "--stats", "--temperature", "0", "--max-tokens", "3000"], stdin=subprocess.PIPE,
-                            stdout=write_end, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "minicpmv_gguf.cli",
+            "chat",
+            *map(str, model_args(tiny_files)),
+            "--stats",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "3000",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     os.close(write_end)
     drained = []
     try:
@@ -109,8 +144,9 @@ def test_ctrl_c_stops_the_answer_not_the_chat(tiny_files):
             fcntl.ioctl(read_end, termios.FIONREAD, level)
             levels.append(level[0])
         os.kill(proc.pid, signal.SIGINT)
-        threading.Thread(target=lambda: drained.append(b"".join(iter(lambda: os.read(read_end, 65536), b""))),
-                         daemon=True).start()  # fmt: skip
+        threading.Thread(
+            target=lambda: drained.append(b"".join(iter(lambda: os.read(read_end, 65536), b""))), daemon=True
+        ).start()
         _, err = proc.communicate("Hello!\n/quit\n", timeout=120)
     finally:
         proc.kill()

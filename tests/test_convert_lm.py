@@ -47,8 +47,10 @@ def test_hyperparameter_keys_have_llama_cpp_types_and_config_values(tiny_ckpt, c
     }
     for key, value in u32.items():
         assert types[key] == (T.UINT32,) and kv[key] == value, key
-    f32 = {"qwen35.attention.layer_norm_rms_epsilon": tc["rms_norm_eps"],
-           "qwen35.rope.freq_base": tc["rope_parameters"]["rope_theta"]}
+    f32 = {
+        "qwen35.attention.layer_norm_rms_epsilon": tc["rms_norm_eps"],
+        "qwen35.rope.freq_base": tc["rope_parameters"]["rope_theta"],
+    }
     for key, value in f32.items():
         assert types[key] == (T.FLOAT32,) and kv[key] == pytest.approx(value), key
     assert types["qwen35.rope.dimension_sections"] == (T.ARRAY, T.INT32)
@@ -121,9 +123,11 @@ def test_bf16_checkpoint_round_trips_exactly_at_bf16(tiny_ckpt_bf16, convert_cac
 
 
 def test_converting_does_not_import_torch_or_transformers(tiny_ckpt, tmp_path):
-    code = ("import sys; from pathlib import Path; from minicpmv_gguf.convert_hf_to_gguf import convert_lm; "
-            f"convert_lm(Path({str(tiny_ckpt)!r}), Path({str(tmp_path / 'x.gguf')!r})); "
-            "bad = {'torch', 'transformers'} & set(sys.modules); assert not bad, bad")
+    code = (
+        "import sys; from pathlib import Path; from minicpmv_gguf.convert_hf_to_gguf import convert_lm; "
+        f"convert_lm(Path({str(tiny_ckpt)!r}), Path({str(tmp_path / 'x.gguf')!r})); "
+        "bad = {'torch', 'transformers'} & set(sys.modules); assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -161,8 +165,9 @@ def test_q8_0_equals_llama_cpp_quantizer(tiny_ckpt, convert_cached, tmp_path):
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype, params.nthread = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, 2
     theirs = tmp_path / "llama-q8_0.gguf"
-    rc = llama_cpp.llama_model_quantize(str(convert_cached(tiny_ckpt, "f32")).encode(), str(theirs).encode(),
-                                        ctypes.byref(params))
+    rc = llama_cpp.llama_model_quantize(
+        str(convert_cached(tiny_ckpt, "f32")).encode(), str(theirs).encode(), ctypes.byref(params)
+    )
     assert rc == 0
     ours = {t.name: t for t in GGUFReader(convert_cached(tiny_ckpt, "q8_0")).tensors}
     ref = {t.name: t for t in GGUFReader(theirs).tensors}
@@ -181,10 +186,13 @@ def test_sampling_defaults_follow_generation_config(tiny_ckpt, tmp_path):
     convert_lm(ckpt, tmp_path / "lm.gguf")
     kv, types = read_metadata(tmp_path / "lm.gguf")[0], read_kv_types(tmp_path / "lm.gguf")
     assert kv["general.sampling.top_k"] == 0 and types["general.sampling.top_k"] == (T.INT32,)
-    assert kv["general.sampling.temp"] == pytest.approx(0.7) and kv["general.sampling.penalty_repeat"] == pytest.approx(1.05)
+    assert kv["general.sampling.temp"] == pytest.approx(0.7) and kv["general.sampling.penalty_repeat"] == pytest.approx(
+        1.05
+    )
     # The tiny fixture decodes greedily: no sampling keys then.
-    assert not any(k.startswith("general.sampling.") for k in read_metadata(convert_lm(
-        tiny_ckpt, tmp_path / "greedy.gguf").out)[0])
+    assert not any(
+        k.startswith("general.sampling.") for k in read_metadata(convert_lm(tiny_ckpt, tmp_path / "greedy.gguf").out)[0]
+    )
 
 
 def test_fast_header_reader_agrees_with_gguf_py(tiny_ckpt, convert_cached):

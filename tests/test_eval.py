@@ -41,7 +41,7 @@ def direct(model, ref, text) -> dict:
     """The statistics from full [T, vocab] tables, positions 0..CTX-2 of every chunk."""
     llm = load_llama(ref, n_ctx=CTX)
     ids = llm.tokenize(text.read_text(encoding="utf-8").encode(), add_bos=False, special=False)
-    chunks = [ids[i * CTX:(i + 1) * CTX] for i in range(CHUNKS)]
+    chunks = [ids[i * CTX : (i + 1) * CTX] for i in range(CHUNKS)]
     r = np.concatenate([x[:-1] for x in full_logits(ref, chunks)]).astype(np.float64)
     m = np.concatenate([x[:-1] for x in full_logits(model, chunks)]).astype(np.float64)
     targets = np.concatenate([c[1:] for c in chunks])
@@ -49,10 +49,16 @@ def direct(model, ref, text) -> dict:
     lm = m - np.log(np.exp(m - m.max(1, keepdims=True)).sum(1, keepdims=True)) - m.max(1, keepdims=True)
     kld = np.sum(np.exp(lr) * (lr - lm), axis=1)
     rows = np.arange(len(targets))
-    return {"n_scored": len(targets), "kld_mean": kld.mean(), "kld_p99": np.percentile(kld, 99),
-            "kld_max": kld.max(), "top1": np.mean(r.argmax(1) == m.argmax(1)),
-            "ppl_ref": np.exp(-lr[rows, targets].mean()), "ppl_model": np.exp(-lm[rows, targets].mean()),
-            "nmse": nmse(m, r)}
+    return {
+        "n_scored": len(targets),
+        "kld_mean": kld.mean(),
+        "kld_p99": np.percentile(kld, 99),
+        "kld_max": kld.max(),
+        "top1": np.mean(r.argmax(1) == m.argmax(1)),
+        "ppl_ref": np.exp(-lr[rows, targets].mean()),
+        "ppl_model": np.exp(-lm[rows, targets].mean()),
+        "nmse": nmse(m, r),
+    }
 
 
 def test_streamed_equals_direct(pair, text):

@@ -11,8 +11,7 @@ from gguf import GGUFReader, GGUFValueType
 from minicpmv_gguf.errors import OutputError, QuantizeError
 from minicpmv_gguf.gguf_io import read_kv_types, read_metadata
 from minicpmv_gguf.quantize import load_imatrix, quantize_lm
-from minicpmv_gguf.quantize.imatrix import (GGML_OP_MUL_MAT, GgmlTensor, _check_ggml_abi, _libggml_base,
-                                            compute_imatrix)
+from minicpmv_gguf.quantize.imatrix import GGML_OP_MUL_MAT, GgmlTensor, _check_ggml_abi, _libggml_base, compute_imatrix
 from minicpmv_gguf.verify.reference import N_THREADS, load_llama
 from minicpmv_gguf.verify.texts import long_text
 from tests.test_cli_convert import run_cli
@@ -51,8 +50,11 @@ def test_weights_seen_are_the_gguf_matrices(imatrix, f32):
     """Every 2-D blk.* weight of the GGUF, with its shape, read through the struct mirror (name, ne, op, src)."""
     tensors = read_metadata(f32)[1]
     # ssm_conv1d is 2-D but feeds GGML_OP_SSM_CONV, not a MUL_MAT; token_embd is excluded as in llama-imatrix.
-    want = {t.name: t.shape for t in tensors
-            if t.name.startswith("blk.") and len(t.shape) == 2 and not t.name.endswith("ssm_conv1d.weight")}
+    want = {
+        t.name: t.shape
+        for t in tensors
+        if t.name.startswith("blk.") and len(t.shape) == 2 and not t.name.endswith("ssm_conv1d.weight")
+    }
     assert imatrix.shapes == want
     assert len(want) == 31
 
@@ -65,9 +67,12 @@ def test_sums_of_squares_match_pytorch(imatrix, tiny_ckpt, f32, text):
     from minicpmv_gguf.verify.reference import load_reference_model
 
     ids = load_llama(f32, n_ctx=CTX).tokenize(text.read_text(encoding="utf-8").encode(), add_bos=False)
-    chunks = [ids[i * CTX:(i + 1) * CTX] for i in range(CHUNKS)]
-    modules = {row.gguf_name: row.hf_name.removesuffix(".weight") for row in plan_lm(tiny_ckpt).rows
-               if row.gguf_name in imatrix.shapes}
+    chunks = [ids[i * CTX : (i + 1) * CTX] for i in range(CHUNKS)]
+    modules = {
+        row.gguf_name: row.hf_name.removesuffix(".weight")
+        for row in plan_lm(tiny_ckpt).rows
+        if row.gguf_name in imatrix.shapes
+    }
     model = load_reference_model(tiny_ckpt)
     sums: dict[str, np.ndarray] = {}
 
@@ -75,6 +80,7 @@ def test_sums_of_squares_match_pytorch(imatrix, tiny_ckpt, f32, text):
         def record(module, args):
             x = args[0].detach().double().reshape(-1, args[0].shape[-1])
             sums[name] = sums.get(name, 0) + (x * x).sum(0).numpy()
+
         return record
 
     for gguf_name, hf_module in modules.items():
@@ -124,22 +130,25 @@ class _GGUFInitParams(ctypes.Structure):
 def test_ggml_gguf_reader_reads_it_as_common_imatrix_load_does(imatrix, text):
     """The checks of llama.cpp's common/imatrix-loader.cpp, through ggml's own GGUF reader in libggml-base."""
     lib = _libggml_base()
-    for fn, res, args in [("gguf_init_from_file", ctypes.c_void_p, [ctypes.c_char_p, _GGUFInitParams]),
-                          ("gguf_free", None, [ctypes.c_void_p]),
-                          ("gguf_get_n_tensors", ctypes.c_int64, [ctypes.c_void_p]),
-                          ("gguf_get_tensor_name", ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_int64]),
-                          ("gguf_get_tensor_type", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int64]),
-                          ("gguf_find_key", ctypes.c_int64, [ctypes.c_void_p, ctypes.c_char_p]),
-                          ("gguf_get_kv_type", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int64]),
-                          ("gguf_get_arr_type", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int64]),
-                          ("gguf_get_arr_str", ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_int64, ctypes.c_size_t]),
-                          ("gguf_get_val_u32", ctypes.c_uint32, [ctypes.c_void_p, ctypes.c_int64])]:
+    for fn, res, args in [
+        ("gguf_init_from_file", ctypes.c_void_p, [ctypes.c_char_p, _GGUFInitParams]),
+        ("gguf_free", None, [ctypes.c_void_p]),
+        ("gguf_get_n_tensors", ctypes.c_int64, [ctypes.c_void_p]),
+        ("gguf_get_tensor_name", ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_int64]),
+        ("gguf_get_tensor_type", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int64]),
+        ("gguf_find_key", ctypes.c_int64, [ctypes.c_void_p, ctypes.c_char_p]),
+        ("gguf_get_kv_type", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int64]),
+        ("gguf_get_arr_type", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int64]),
+        ("gguf_get_arr_str", ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_int64, ctypes.c_size_t]),
+        ("gguf_get_val_u32", ctypes.c_uint32, [ctypes.c_void_p, ctypes.c_int64]),
+    ]:
         getattr(lib, fn).restype, getattr(lib, fn).argtypes = res, args
     g = lib.gguf_init_from_file(str(imatrix.out).encode(), _GGUFInitParams(True, None))
     assert g
     try:
-        datasets, count, size = (lib.gguf_find_key(g, k.encode()) for k in
-                                 ("imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size"))
+        datasets, count, size = (
+            lib.gguf_find_key(g, k.encode()) for k in ("imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size")
+        )
         assert min(datasets, count, size) >= 0
         # GGUF_TYPE_ARRAY = 9 of GGUF_TYPE_STRING = 8; GGUF_TYPE_UINT32 = 4 (gguf_get_val_u32 asserts it).
         assert (lib.gguf_get_kv_type(g, datasets), lib.gguf_get_arr_type(g, datasets)) == (9, 8)

@@ -25,19 +25,27 @@ def test_cli_inspect_shows_keys_types_and_sizes(lm):
     lines = r.stdout.splitlines()
     reader = GGUFReader(lm)
     n_tensors = len(reader.tensors)
-    assert re.fullmatch(rf"{re.escape(str(lm))}: GGUF v3, [\d.]+ MB, \d+ key/values, {n_tensors} tensors "
-                        r"\(data from byte [\d,]+\)", lines[0])
+    assert re.fullmatch(
+        rf"{re.escape(str(lm))}: GGUF v3, [\d.]+ MB, \d+ key/values, {n_tensors} tensors "
+        r"\(data from byte [\d,]+\)",
+        lines[0],
+    )
     text = r.stdout
     assert re.search(r"^  general\.architecture +str +'qwen35'$", text, re.M)
     assert re.search(r"^  general\.file_type +u32 +1 \(F16\)$", text, re.M)
     assert re.search(r"^  qwen35\.rope\.dimension_sections +\[i32\] +4 items: \[11, 11, 10, 0\]$", text, re.M)
     n_vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
-    assert re.search(rf"^  tokenizer\.ggml\.tokens +\[str\] +{n_vocab:,} items: \['!', '\"', '#', '\$', '%', '&', \.\.\.\]$",
-                     text, re.M)
-    assert re.search(r"^  tokenizer\.chat_template +str +'\{%- if enable_thinking .*\.\.\. \([\d,]+ chars\)$", text, re.M)
+    assert re.search(
+        rf"^  tokenizer\.ggml\.tokens +\[str\] +{n_vocab:,} items: \['!', '\"', '#', '\$', '%', '&', \.\.\.\]$",
+        text,
+        re.M,
+    )
+    assert re.search(
+        r"^  tokenizer\.chat_template +str +'\{%- if enable_thinking .*\.\.\. \([\d,]+ chars\)$", text, re.M
+    )
     # The histogram: one row per type, the counts and bytes add up to the file's tensors.
     types = [t.tensor_type.name for t in reader.tensors]
-    table = lines[lines.index("tensors by type") + 2:]
+    table = lines[lines.index("tensors by type") + 2 :]
     rows = {row.split()[0]: int(row.split()[1].replace(",", "")) for row in table}
     assert rows == {**{t: types.count(t) for t in set(types)}, "total": n_tensors}
     assert "bits per weight" in table[-1]

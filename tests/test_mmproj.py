@@ -19,8 +19,11 @@ from tests.test_cli_convert import run_cli
 @pytest.fixture(scope="module")
 def mmprojs(tiny_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("mmproj")
-    return {(m, t): convert_mmproj(tiny_ckpt, out / f"mmproj-{m}-{t}.gguf", mode=m, outtype=t).out
-            for m in ("16x", "4x") for t in ("f32", "f16", "bf16", "q8_0")}
+    return {
+        (m, t): convert_mmproj(tiny_ckpt, out / f"mmproj-{m}-{t}.gguf", mode=m, outtype=t).out
+        for m in ("16x", "4x")
+        for t in ("f32", "f16", "bf16", "q8_0")
+    }
 
 
 @pytest.mark.parametrize("mode, scale_factor", [("16x", 4), ("4x", 2)])
@@ -30,10 +33,16 @@ def test_clip_keys_have_the_types_clip_cpp_asserts(tiny_ckpt, mmprojs, mode, sca
     cfg = json.loads((tiny_ckpt / "config.json").read_text())
     vc, pre = cfg["vision_config"], json.loads((tiny_ckpt / "preprocessor_config.json").read_text())
     K = gguf.Keys.ClipVision
-    u32 = {K.PROJECTION_DIM: cfg["text_config"]["hidden_size"], K.IMAGE_SIZE: pre["scale_resolution"],
-           K.PATCH_SIZE: vc["patch_size"], K.EMBEDDING_LENGTH: vc["hidden_size"],
-           K.FEED_FORWARD_LENGTH: vc["intermediate_size"], K.BLOCK_COUNT: vc["num_hidden_layers"],
-           K.Attention.HEAD_COUNT: vc["num_attention_heads"], K.Projector.SCALE_FACTOR: scale_factor}
+    u32 = {
+        K.PROJECTION_DIM: cfg["text_config"]["hidden_size"],
+        K.IMAGE_SIZE: pre["scale_resolution"],
+        K.PATCH_SIZE: vc["patch_size"],
+        K.EMBEDDING_LENGTH: vc["hidden_size"],
+        K.FEED_FORWARD_LENGTH: vc["intermediate_size"],
+        K.BLOCK_COUNT: vc["num_hidden_layers"],
+        K.Attention.HEAD_COUNT: vc["num_attention_heads"],
+        K.Projector.SCALE_FACTOR: scale_factor,
+    }
     for key, value in u32.items():
         assert types[key] == (T.UINT32,) and kv[key] == value, key
     assert types[K.Attention.LAYERNORM_EPS] == (T.FLOAT32,)
@@ -77,8 +86,9 @@ def test_cli_writes_both_modes(tiny_ckpt, tmp_path):
     r = run_cli("mmproj", tiny_ckpt, "-o", tmp_path / "mm.gguf", "--mode", "both")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mm-16x.gguf", "mm-4x.gguf"]
-    assert {read_metadata(tmp_path / f"mm-{m}.gguf")[0]["clip.vision.projector.scale_factor"]
-            for m in ("16x", "4x")} == {4, 2}
+    assert {
+        read_metadata(tmp_path / f"mm-{m}.gguf")[0]["clip.vision.projector.scale_factor"] for m in ("16x", "4x")
+    } == {4, 2}
 
 
 def _edit_config(ckpt, edit):
@@ -96,14 +106,26 @@ def _drop_vision(ckpt):
 
 BAD = {
     "no vision weights": (_drop_vision, CheckpointError, "no vision weights"),
-    "merger layer outside the encoder": (lambda c: _edit_config(c, lambda d: d.update(insert_layer_id=7)),
-                                         CheckpointError, "insert_layer_id 7 is not an encoder layer"),
-    "position table not 70x70": (lambda c: _edit_config(c, lambda d: d["vision_config"].update(image_size=560)),
-                                 CheckpointError, "is not a 70x70 position table"),
-    "two merger rounds": (lambda c: _edit_config(c, lambda d: d.update(merger_times=2)), CheckpointError,
-                          "merger_times 2; libmtmd hardcodes 1"),
-    "vision width disagrees with weights": (lambda c: _edit_config(c, lambda d: d["vision_config"].update(
-        intermediate_size=96)), TensorMapError, "config.json implies"),
+    "merger layer outside the encoder": (
+        lambda c: _edit_config(c, lambda d: d.update(insert_layer_id=7)),
+        CheckpointError,
+        "insert_layer_id 7 is not an encoder layer",
+    ),
+    "position table not 70x70": (
+        lambda c: _edit_config(c, lambda d: d["vision_config"].update(image_size=560)),
+        CheckpointError,
+        "is not a 70x70 position table",
+    ),
+    "two merger rounds": (
+        lambda c: _edit_config(c, lambda d: d.update(merger_times=2)),
+        CheckpointError,
+        "merger_times 2; libmtmd hardcodes 1",
+    ),
+    "vision width disagrees with weights": (
+        lambda c: _edit_config(c, lambda d: d["vision_config"].update(intermediate_size=96)),
+        TensorMapError,
+        "config.json implies",
+    ),
 }
 
 

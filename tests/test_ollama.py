@@ -51,15 +51,30 @@ def go_render(tmp_path_factory):
     """render(template, messages, system=, think=) -> the prompt, from tests/ollama_template built once."""
     go = shutil.which("go")
     if go is None:
-        pytest.fail("Go is not installed: this test runs the Modelfile TEMPLATE through Go's text/template, the "
-                    "engine Ollama uses. Install it with `apt-get install golang-go` (scripts/test.sh does).",
-                    pytrace=False)
+        pytest.fail(
+            "Go is not installed: this test runs the Modelfile TEMPLATE through Go's text/template, the "
+            "engine Ollama uses. Install it with `apt-get install golang-go` (scripts/test.sh does).",
+            pytrace=False,
+        )
     tmp = tmp_path_factory.mktemp("go")
-    env = {**os.environ, "GOTOOLCHAIN": "local", "GOPROXY": "off", "GOFLAGS": "", "CGO_ENABLED": "0",
-           "GOCACHE": str(tmp / "cache"), "GOPATH": str(tmp / "gopath")}
+    env = {
+        **os.environ,
+        "GOTOOLCHAIN": "local",
+        "GOPROXY": "off",
+        "GOFLAGS": "",
+        "CGO_ENABLED": "0",
+        "GOCACHE": str(tmp / "cache"),
+        "GOPATH": str(tmp / "gopath"),
+    }
     exe = tmp / "ollama_template"
-    build = subprocess.run([go, "build", "-o", str(exe), "."], cwd=HERE / "ollama_template", env=env,
-                           capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [go, "build", "-o", str(exe), "."],
+        cwd=HERE / "ollama_template",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr
 
     def render(template: str, messages: list[dict], *, system: str = "", think: bool | None = None) -> str:
@@ -73,19 +88,23 @@ def go_render(tmp_path_factory):
 
 def jinja_prompt(template: str, messages: list[dict]) -> str:
     """The prompt as llama-cpp-python's Jinja2ChatFormatter renders it, with thinking off."""
+
     def raise_exception(message):
         raise ValueError(message)
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
-    return env.from_string(template).render(messages=messages, add_generation_prompt=True, enable_thinking=False,
-                                            bos_token="", eos_token="<|im_end|>")
+    return env.from_string(template).render(
+        messages=messages, add_generation_prompt=True, enable_thinking=False, bos_token="", eos_token="<|im_end|>"
+    )
 
 
 @pytest.fixture(scope="session")
 def jinja_templates(tiny_lm) -> dict[str, str]:
-    return {"tiny LM GGUF": read_metadata(tiny_lm)[0]["tokenizer.chat_template"],
-            "released checkpoint": RELEASED_TEMPLATE.read_text(encoding="utf-8")}
+    return {
+        "tiny LM GGUF": read_metadata(tiny_lm)[0]["tokenizer.chat_template"],
+        "released checkpoint": RELEASED_TEMPLATE.read_text(encoding="utf-8"),
+    }
 
 
 def _m(role: str, content: str, images: int = 0) -> dict:
@@ -107,28 +126,53 @@ SYSTEM = "You are MiniCPM-V, a helpful assistant made by OpenBMB."
 TEXT = 'First line.\nSecond line,\n\n    indented\tand "quoted", {{ .Role }} {% if %} <b>naïve 你好 🙂</b>'
 CONVERSATIONS = {
     "one user turn": Conversation([_m("user", "What is in this picture?")], [_m("user", "What is in this picture?")]),
-    "system and user": Conversation([_m("system", SYSTEM), _m("user", "Hi!")],
-                                    [_m("system", SYSTEM), _m("user", "Hi!")]),
+    "system and user": Conversation(
+        [_m("system", SYSTEM), _m("user", "Hi!")], [_m("system", SYSTEM), _m("user", "Hi!")]
+    ),
     "Modelfile SYSTEM": Conversation([_m("user", "Hi!")], [_m("system", SYSTEM), _m("user", "Hi!")], system=SYSTEM),
     "several turns": Conversation(
-        [_m("system", SYSTEM), _m("user", "Hello."), _m("assistant", "Hello! How can I help?"),
-         _m("user", "Name a fruit."), _m("assistant", "An apple."), _m("user", "And a colour?")],
-        [_m("system", SYSTEM), _m("user", "Hello."), _m("assistant", "Hello! How can I help?"),
-         _m("user", "Name a fruit."), _m("assistant", "An apple."), _m("user", "And a colour?")]),
+        [
+            _m("system", SYSTEM),
+            _m("user", "Hello."),
+            _m("assistant", "Hello! How can I help?"),
+            _m("user", "Name a fruit."),
+            _m("assistant", "An apple."),
+            _m("user", "And a colour?"),
+        ],
+        [
+            _m("system", SYSTEM),
+            _m("user", "Hello."),
+            _m("assistant", "Hello! How can I help?"),
+            _m("user", "Name a fruit."),
+            _m("assistant", "An apple."),
+            _m("user", "And a colour?"),
+        ],
+    ),
     "multi-line text, braces, quotes, unicode": Conversation(
         [_m("user", TEXT), _m("assistant", TEXT), _m("user", TEXT)],
-        [_m("user", TEXT), _m("assistant", TEXT), _m("user", TEXT)]),
+        [_m("user", TEXT), _m("assistant", TEXT), _m("user", TEXT)],
+    ),
     "an image, marked where Ollama puts it": Conversation(
-        [_m("user", "What is this?", images=1)], [_m("user", "[img-0]What is this?")]),
+        [_m("user", "What is this?", images=1)], [_m("user", "[img-0]What is this?")]
+    ),
     "images over turns, one placed with [img]": Conversation(
-        [_m("user", "Describe it.", images=1), _m("assistant", "A cat on a mat."),
-         _m("user", "Compare [img] with the first one.", images=2)],
-        [_m("user", "[img-0]Describe it."), _m("assistant", "A cat on a mat."),
-         _m("user", "[img-2]Compare [img-1] with the first one.")]),
+        [
+            _m("user", "Describe it.", images=1),
+            _m("assistant", "A cat on a mat."),
+            _m("user", "Compare [img] with the first one.", images=2),
+        ],
+        [
+            _m("user", "[img-0]Describe it."),
+            _m("assistant", "A cat on a mat."),
+            _m("user", "[img-2]Compare [img-1] with the first one."),
+        ],
+    ),
     "think false sent": Conversation([_m("user", "Hi!")], [_m("user", "Hi!")], think=False),
     "assistant prefill": Conversation(
         [_m("user", "Name a colour."), _m("assistant", "The colour is")],
-        [_m("user", "Name a colour."), _m("assistant", "The colour is")], prefill=True),
+        [_m("user", "Name a colour."), _m("assistant", "The colour is")],
+        prefill=True,
+    ),
 }
 
 
@@ -164,17 +208,27 @@ def test_modelfile_holds_the_template_with_its_newlines(packaged_template):
 def test_modelfile_instructions(package, tiny_lm, tiny_mmproj):
     commands = [(c.instruction, c.key, c.value) for c in parse_modelfile(package.modelfile.read_text())]
     assert commands == [
-        ("from", "", f"./{tiny_lm.name}"), ("from", "", f"./{tiny_mmproj.name}"), ("requires", "", "0.30.0"),
-        ("template", "", CHAT_TEMPLATE), ("parameter", "stop", "<|im_end|>"), ("parameter", "stop", "<|endoftext|>"),
-        ("parameter", "temperature", "0.7"), ("parameter", "top_p", "0.8"), ("parameter", "top_k", "100"),
-        ("parameter", "repeat_penalty", "1.05"), ("parameter", "num_ctx", "4096"), ("license", "", "apache-2.0")]
+        ("from", "", f"./{tiny_lm.name}"),
+        ("from", "", f"./{tiny_mmproj.name}"),
+        ("requires", "", "0.30.0"),
+        ("template", "", CHAT_TEMPLATE),
+        ("parameter", "stop", "<|im_end|>"),
+        ("parameter", "stop", "<|endoftext|>"),
+        ("parameter", "temperature", "0.7"),
+        ("parameter", "top_p", "0.8"),
+        ("parameter", "top_k", "100"),
+        ("parameter", "repeat_penalty", "1.05"),
+        ("parameter", "num_ctx", "4096"),
+        ("license", "", "apache-2.0"),
+    ]
     assert (package.out / tiny_lm.name).read_bytes() == tiny_lm.read_bytes()
     assert (package.out / tiny_mmproj.name).read_bytes() == tiny_mmproj.read_bytes()
 
 
 def test_system_num_ctx_and_links(tiny_lm, tiny_mmproj, tmp_path):
-    pkg = package_ollama(tiny_lm, tiny_mmproj, tmp_path / "pkg", system="  Answer briefly.\nIn English.  ",
-                         num_ctx=8192, link=True)
+    pkg = package_ollama(
+        tiny_lm, tiny_mmproj, tmp_path / "pkg", system="  Answer briefly.\nIn English.  ", num_ctx=8192, link=True
+    )
     commands = {(c.instruction, c.key): c.value for c in parse_modelfile(pkg.modelfile.read_text())}
     assert commands[("system", "")] == "Answer briefly.\nIn English."  # trimmed, as the model's template trims
     assert commands[("parameter", "num_ctx")] == "8192"
@@ -190,14 +244,16 @@ def test_the_checker_accepts_what_the_packager_writes(package):
 
 
 def test_parser_reads_values_as_ollama_does():
-    text = ('# a comment\n'
-            'from ./lm.gguf\n'
-            'TEMPLATE """line 1\n\n  line 3 "quoted"\n"""\n'
-            'SYSTEM "one line"\n'
-            'LICENSE bare words  \n'
-            'PARAMETER stop "<|im_end|>"\n'
-            'MESSAGE user hello there\n'
-            'PARAMETER stop ["<|im_start|>", "<|im_end|>"]\n')
+    text = (
+        "# a comment\n"
+        "from ./lm.gguf\n"
+        'TEMPLATE """line 1\n\n  line 3 "quoted"\n"""\n'
+        'SYSTEM "one line"\n'
+        "LICENSE bare words  \n"
+        'PARAMETER stop "<|im_end|>"\n'
+        "MESSAGE user hello there\n"
+        'PARAMETER stop ["<|im_start|>", "<|im_end|>"]\n'
+    )
     assert [(c.instruction, c.key, c.value, c.line) for c in parse_modelfile(text)] == [
         ("from", "", "./lm.gguf", 2),
         ("template", "", 'line 1\n\n  line 3 "quoted"\n', 3),
@@ -206,7 +262,8 @@ def test_parser_reads_values_as_ollama_does():
         ("parameter", "stop", "<|im_end|>", 9),
         ("message", "user", "hello there", 10),
         # OpenBMB's published form: Ollama keeps the bracket as one literal stop string.
-        ("parameter", "stop", '["<|im_start|>", "<|im_end|>"]', 11)]
+        ("parameter", "stop", '["<|im_start|>", "<|im_end|>"]', 11),
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -230,9 +287,8 @@ BAD_MODELFILES = {  # Modelfile text, expected line, words of the message
     "word for a float": (BASE + "PARAMETER temperature warm\n", 3, "invalid float value"),
     "float32 overflow": (BASE + "PARAMETER top_p 1e39\n", 3, "invalid float value"),
     "word for a bool": (BASE + "PARAMETER use_mmap maybe\n", 3, "invalid bool value"),
-    "unterminated \"\"\"": (BASE + 'TEMPLATE """{{ .Prompt }}\nPARAMETER top_k 1\n', 3,
-                            'opened with """ is never closed'),
-    "unterminated \"": (BASE + 'SYSTEM "You are\nhelpful\n', 3, 'opened with " is never closed'),
+    'unterminated """': (BASE + 'TEMPLATE """{{ .Prompt }}\nPARAMETER top_k 1\n', 3, 'opened with """ is never closed'),
+    'unterminated "': (BASE + 'SYSTEM "You are\nhelpful\n', 3, 'opened with " is never closed'),
     "instruction without a value": (BASE + "SYSTEM\n", 3, "SYSTEM needs a value"),
     "bad MESSAGE role": (BASE + "MESSAGE robot hello\n", 3, "MESSAGE role 'robot'"),
     "bad REQUIRES": (BASE + "REQUIRES latest\n", 3, "not a version"),
@@ -254,12 +310,25 @@ def test_the_checker_rejects(case, files_dir):
     assert any(words in p.message and p.line == line for p in errors), errors
 
 
-@pytest.mark.parametrize("line, ok", [
-    ("PARAMETER temperature 0.7", True), ("PARAMETER top_p .5", True), ("PARAMETER top_p 0x1p-2", True),
-    ("PARAMETER top_p 1_0", False), ("PARAMETER temperature 1e39", False), ("PARAMETER num_ctx +8192", True),
-    ("PARAMETER seed 9223372036854775808", False), ("PARAMETER use_mmap False", True),
-    ("PARAMETER use_mmap yes", False), ('PARAMETER stop ""', True), ("REQUIRES v0.30", True),
-    ("REQUIRES 0.30.0-rc1", True), ("REQUIRES 0.30.0-01", False), ("REQUIRES 00.30.0", False)])
+@pytest.mark.parametrize(
+    "line, ok",
+    [
+        ("PARAMETER temperature 0.7", True),
+        ("PARAMETER top_p .5", True),
+        ("PARAMETER top_p 0x1p-2", True),
+        ("PARAMETER top_p 1_0", False),
+        ("PARAMETER temperature 1e39", False),
+        ("PARAMETER num_ctx +8192", True),
+        ("PARAMETER seed 9223372036854775808", False),
+        ("PARAMETER use_mmap False", True),
+        ("PARAMETER use_mmap yes", False),
+        ('PARAMETER stop ""', True),
+        ("REQUIRES v0.30", True),
+        ("REQUIRES 0.30.0-rc1", True),
+        ("REQUIRES 0.30.0-01", False),
+        ("REQUIRES 00.30.0", False),
+    ],
+)
 def test_values_parse_as_go_parses_them(line, ok, files_dir):
     path = files_dir / "Modelfile-values"
     path.write_text(f"{BASE}{line}\n")
@@ -279,10 +348,13 @@ def test_packager_refuses_bad_input(case, tiny_lm, tiny_mmproj, tmp_path):
     notes = tmp_path / "notes.gguf"
     notes.write_text("not a model")
     lm, mm, name, system = {
-        "swapped": (tiny_mmproj, tiny_lm, "m", None), "two LMs": (tiny_lm, tiny_lm, "m", None),
-        "not a GGUF": (tiny_lm, notes, "m", None), "missing": (tmp_path / "no.gguf", tiny_mmproj, "m", None),
+        "swapped": (tiny_mmproj, tiny_lm, "m", None),
+        "two LMs": (tiny_lm, tiny_lm, "m", None),
+        "not a GGUF": (tiny_lm, notes, "m", None),
+        "missing": (tmp_path / "no.gguf", tiny_mmproj, "m", None),
         "bad name": (tiny_lm, tiny_mmproj, "my model; rm -rf ~", None),
-        "unwritable SYSTEM": (tiny_lm, tiny_mmproj, "m", 'Say """\nthen stop.')}[case]
+        "unwritable SYSTEM": (tiny_lm, tiny_mmproj, "m", 'Say """\nthen stop.'),
+    }[case]
     with pytest.raises((OllamaError, GGUFError)):
         package_ollama(lm, mm, tmp_path / "pkg", name=name, system=system)
     notes.unlink()
@@ -322,8 +394,9 @@ def test_replacing_needs_force_and_never_deletes_the_inputs(tiny_lm, tiny_mmproj
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "minicpmv_gguf.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "minicpmv_gguf.cli", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_cli_packages_then_checks(tiny_lm, tiny_mmproj, tmp_path):
@@ -341,15 +414,18 @@ def test_cli_check_prints_one_line_per_problem(files_dir):
     path.write_text(BASE + "PARAMETER temprature 0.7\nPARAMETER num_ctx many\n")
     r = run_cli("ollama", "--check", path)
     assert r.returncode == 1
-    assert r.stdout.splitlines() == [f"{path}:3: unknown parameter 'temprature'",
-                                     f"{path}:4: PARAMETER num_ctx 'many': invalid int value"]
+    assert r.stdout.splitlines() == [
+        f"{path}:3: unknown parameter 'temprature'",
+        f"{path}:4: PARAMETER num_ctx 'many': invalid int value",
+    ]
 
 
 def test_cli_bad_input_is_one_error_line_and_leaves_nothing(tiny_lm, tiny_mmproj, tmp_path):
     r = run_cli("ollama", tiny_mmproj, "--mmproj", tiny_lm, "-o", tmp_path / "pkg")
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert r.stderr.splitlines() == [f"Error: {tiny_mmproj} is the projector and {tiny_lm} the LM: swap them "
-                                     "(LM first, then --mmproj)"]
+    assert r.stderr.splitlines() == [
+        f"Error: {tiny_mmproj} is the projector and {tiny_lm} the LM: swap them (LM first, then --mmproj)"
+    ]
     assert list(tmp_path.iterdir()) == []
 
 

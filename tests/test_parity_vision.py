@@ -46,8 +46,12 @@ CASES = [("16x", s) for s in SHARED] + [("4x", s) for s in SHARED + [(56, 112), 
 # - "stretch": 16x, both sides <= the slice size: mtmd stretches to a square (56x112 -> 112x112,
 #   4 tokens); HF keeps the aspect (3 tokens), so even the token counts differ.
 # Not tested: 16x with one side > 112 but area <= 112^2 (e.g. 150x80): mtmd slices, HF does not.
-DIVERGENT = [("16x", (200, 120), "letterbox"), ("16x", (150, 150), "letterbox"), ("4x", (640, 480), "letterbox"),
-             ("16x", (56, 112), "stretch")]  # fmt: skip
+DIVERGENT = [
+    ("16x", (200, 120), "letterbox"),
+    ("16x", (150, 150), "letterbox"),
+    ("4x", (640, 480), "letterbox"),
+    ("16x", (56, 112), "stretch"),
+]
 
 # F32 bounds (the spec's); minicpmv_gguf/verify/bounds.py gives the measurements.
 F32_MIN_COS, F32_MAX_NMSE = MMPROJ["F32"]
@@ -148,11 +152,13 @@ REDUCED = [(t.lower(), *MMPROJ[t]) for t in ("F16", "BF16", "Q8_0")]
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("outtype, min_cos, max_nmse", REDUCED)
-def test_image_embeddings_reduced_precision(llm, convert_mmproj_cached, hf_embeddings, mode, outtype, min_cos,
-                                            max_nmse):  # fmt: skip
+def test_image_embeddings_reduced_precision(
+    llm, convert_mmproj_cached, hf_embeddings, mode, outtype, min_cos, max_nmse
+):
     path = convert_mmproj_cached(mode, outtype)
-    results = [compare(mtmd_image_embeddings(llm, path, image_for(s)), hf_embeddings(m, s)) for m, s in CASES
-               if m == mode]  # fmt: skip
+    results = [
+        compare(mtmd_image_embeddings(llm, path, image_for(s)), hf_embeddings(m, s)) for m, s in CASES if m == mode
+    ]
     cos, err = min(r[0] for r in results), max(r[1] for r in results)
     print(f"{mode} {outtype}: min cos {cos:.7f}, worst NMSE {err:.3g} over {len(results)} images")
     assert cos >= min_cos and err <= max_nmse, (cos, err)

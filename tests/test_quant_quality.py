@@ -10,8 +10,15 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.quant_quality import (VARIANTS, Row, evaluate_heldout, imatrix, quantize, reference,
-                                      tensor_bits_per_weight)
+from benchmarks.quant_quality import (
+    VARIANTS,
+    Row,
+    evaluate_heldout,
+    imatrix,
+    quantize,
+    reference,
+    tensor_bits_per_weight,
+)
 
 CHUNKS = 24  # of 86 held-out chunks of 256 tokens: 6,120 scored tokens
 QUANT_THREADS = 2
@@ -64,8 +71,10 @@ def measured(f32, workdir, request):
             q = quantize(variant, f32, workdir, imatrix_path=im, threads=QUANT_THREADS)
             ev = evaluate_heldout(q.out, f32, max_chunks=CHUNKS, threads=EVAL_THREADS)
             rows[label] = Row(label, q.out_bytes, tensor_bits_per_weight(q.out), q.seconds, ev)
-            print(f"{label}: KLD {ev.kld_mean:.5f} (p99 {ev.kld_p99:.4f}), top-1 {100 * ev.top1:.2f} %, "
-                  f"PPL ratio {ev.ppl_ratio:.4f}, {rows[label].bits_per_weight:.2f} bits per weight")
+            print(
+                f"{label}: KLD {ev.kld_mean:.5f} (p99 {ev.kld_p99:.4f}), top-1 {100 * ev.top1:.2f} %, "
+                f"PPL ratio {ev.ppl_ratio:.4f}, {rows[label].bits_per_weight:.2f} bits per weight"
+            )
         return rows[label]
 
     return get

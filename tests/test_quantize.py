@@ -67,8 +67,9 @@ def test_recipe_keeps_sensitive_tensors_at_q8_0(kquant_f16, q4_k_m, tmp_path):
 
 
 def test_tensor_type_override(kquant_f16, tmp_path):
-    result = quantize_lm(kquant_f16, tmp_path / "o.gguf", qtype="q4_k_s",
-                         tensor_types=parse_overrides([r"ffn_up=q8_0"]), threads=2)
+    result = quantize_lm(
+        kquant_f16, tmp_path / "o.gguf", qtype="q4_k_s", tensor_types=parse_overrides([r"ffn_up=q8_0"]), threads=2
+    )
     types = types_of(result.out)
     assert {t for n, t in types.items() if "ffn_up" in n} == {"Q8_0"}
     assert result.qtype == "Q4_K_S"

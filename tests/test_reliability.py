@@ -53,6 +53,7 @@ def out_dir(tmp_path) -> Path:
 
 # --- Shards and the index -------------------------------------------------------------------------------
 
+
 def _shards(ckpt: Path) -> list[Path]:
     return sorted(ckpt.glob("*.safetensors"))
 
@@ -66,12 +67,23 @@ def _move_in_index(ckpt: Path) -> str:
 
 INDEX_CASES = {
     "index names a missing shard": (lambda c: _shards(c)[1].unlink(), "shard named in", 1),
-    "shard holds a tensor the index assigns elsewhere": (_move_in_index, "is in model-00001-of-00003.safetensors, "
-                                                                         "not model-00002-of-00003", None),
-    "index names a tensor no shard holds": (lambda c: _edit_json(c / INDEX, lambda d: d["weight_map"].update(
-        {f"{LM}.ghost.weight": _shards(c)[0].name})), f"missing {LM}.ghost.weight", None),
-    "index names a file outside the checkpoint": (lambda c: _edit_json(c / INDEX, lambda d: d["weight_map"].update(
-        {next(iter(d["weight_map"])): "../model.safetensors"})), "not a file name in", None),
+    "shard holds a tensor the index assigns elsewhere": (
+        _move_in_index,
+        "is in model-00001-of-00003.safetensors, not model-00002-of-00003",
+        None,
+    ),
+    "index names a tensor no shard holds": (
+        lambda c: _edit_json(c / INDEX, lambda d: d["weight_map"].update({f"{LM}.ghost.weight": _shards(c)[0].name})),
+        f"missing {LM}.ghost.weight",
+        None,
+    ),
+    "index names a file outside the checkpoint": (
+        lambda c: _edit_json(
+            c / INDEX, lambda d: d["weight_map"].update({next(iter(d["weight_map"])): "../model.safetensors"})
+        ),
+        "not a file name in",
+        None,
+    ),
     "index is not an object": (lambda c: (c / INDEX).write_text("[1, 2]"), "no weight_map", None),
 }
 
@@ -89,6 +101,7 @@ def test_bad_index(tiny_ckpt_bf16, tmp_path, out_dir, case):
 
 # --- NaN and Inf weights ---------------------------------------------------------------------------------
 
+
 def poke(ckpt: Path, name: str, value: float, index: int = 0) -> Path:
     """Overwrite element `index` of tensor `name` in place with `value`, in the tensor's own dtype."""
     for shard in _shards(ckpt):
@@ -96,8 +109,13 @@ def poke(ckpt: Path, name: str, value: float, index: int = 0) -> Path:
         if ref is not None:
             assert index < np.prod(ref.shape), (name, ref.shape)
             v = np.array([value], np.float32)
-            raw = (v.tobytes() if ref.dtype == "F32" else v.astype(np.float16).tobytes() if ref.dtype == "F16"
-                   else (v.view(np.uint32) >> 16).astype(np.uint16).tobytes())
+            raw = (
+                v.tobytes()
+                if ref.dtype == "F32"
+                else v.astype(np.float16).tobytes()
+                if ref.dtype == "F16"
+                else (v.view(np.uint32) >> 16).astype(np.uint16).tobytes()
+            )
             with open(shard, "r+b") as f:
                 f.seek(ref.offset + index * len(raw))
                 f.write(raw)
@@ -119,17 +137,38 @@ BEYOND_F16 = "beyond F16's 65504: they would become Inf; use --outtype bf16"
 NONFINITE = {  # case: (fixture, f16 rewrite, tensor, value, command, outtype, message)
     "NaN, F32 byte copy": ("tiny_ckpt", False, DOWN, np.nan, "convert", "auto", HOLDS),
     "+Inf, F32 -> F16": ("tiny_ckpt", False, DOWN, np.inf, "convert", "f16", HOLDS),
-    "-Inf in a norm (+1 transform)": ("tiny_ckpt", False, f"{LM}.layers.0.input_layernorm.weight", -np.inf,
-                                      "convert", "f16", HOLDS),
+    "-Inf in a norm (+1 transform)": (
+        "tiny_ckpt",
+        False,
+        f"{LM}.layers.0.input_layernorm.weight",
+        -np.inf,
+        "convert",
+        "f16",
+        HOLDS,
+    ),
     "NaN, BF16 byte copy": ("tiny_ckpt_bf16", False, f"{LM}.embed_tokens.weight", np.nan, "convert", "auto", HOLDS),
     "-Inf, BF16 -> Q8_0": ("tiny_ckpt_bf16", False, DOWN, -np.inf, "convert", "q8_0", HOLDS),
     "Inf, F16 byte copy": ("tiny_ckpt", True, DOWN, np.inf, "convert", "auto", HOLDS),
     "F32 1e5 -> F16 overflow": ("tiny_ckpt", False, DOWN, 1e5, "convert", "f16", BEYOND_F16),
     "BF16 -7e4 -> F16 overflow": ("tiny_ckpt_bf16", False, DOWN, -7e4, "convert", "f16", BEYOND_F16),
-    "A_log 100 -> ssm_a = -exp(100) = -Inf": ("tiny_ckpt", False, f"{LM}.layers.0.linear_attn.A_log", 100.0,
-                                               "convert", "f32", "becomes NaN or Inf as blk.0.ssm_a (F32)"),
-    "NaN in a vision weight (mmproj)": ("tiny_ckpt", False, "model.vision_tower.encoder.layers.0.mlp.fc1.weight",
-                                        np.nan, "mmproj", "f16", HOLDS),
+    "A_log 100 -> ssm_a = -exp(100) = -Inf": (
+        "tiny_ckpt",
+        False,
+        f"{LM}.layers.0.linear_attn.A_log",
+        100.0,
+        "convert",
+        "f32",
+        "becomes NaN or Inf as blk.0.ssm_a (F32)",
+    ),
+    "NaN in a vision weight (mmproj)": (
+        "tiny_ckpt",
+        False,
+        "model.vision_tower.encoder.layers.0.mlp.fc1.weight",
+        np.nan,
+        "mmproj",
+        "f16",
+        HOLDS,
+    ),
 }
 
 
@@ -159,16 +198,18 @@ def test_all_finite_matches_numpy_on_every_16_bit_pattern_and_f32_edges():
     bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
     for ggml_type, values in ((Q.F16, bits.view(np.float16)), (Q.BF16, bf16_to_f32(bits))):
         finite = np.isfinite(values)
-        assert all(all_finite(bits[i:i + 1], ggml_type) == finite[i] for i in range(0, 65536)), ggml_type
+        assert all(all_finite(bits[i : i + 1], ggml_type) == finite[i] for i in range(0, 65536)), ggml_type
         assert not all_finite(bits, ggml_type) and all_finite(bits[finite], ggml_type)
-    edges = np.array([0.0, -0.0, 1e-45, -1e-45, 3.4028235e38, -3.4028235e38, np.inf, -np.inf, np.nan, -np.nan],
-                     np.float32)
-    assert [all_finite(edges[i:i + 1], Q.F32) for i in range(len(edges))] == list(np.isfinite(edges))
+    edges = np.array(
+        [0.0, -0.0, 1e-45, -1e-45, 3.4028235e38, -3.4028235e38, np.inf, -np.inf, np.nan, -np.nan], np.float32
+    )
+    assert [all_finite(edges[i : i + 1], Q.F32) for i in range(len(edges))] == list(np.isfinite(edges))
     assert all_finite(np.zeros(0, np.float32), Q.F32)
     assert all_finite(np.zeros(8, np.uint8), Q.F32)  # raw bytes, as byte copies pass them
 
 
 # --- Configs: random deletions and type changes ---------------------------------------------------------
+
 
 def _paths(node, prefix=()):
     """Every key path of a JSON object, list items included."""
@@ -179,10 +220,17 @@ def _paths(node, prefix=()):
 
 
 _WRONG = st.one_of(
-    st.none(), st.booleans(), st.integers(-2**70, 2**70), st.sampled_from([0, -1, 1, 3, 2**31, 2**32, 2**64]),
-    st.floats(), st.text(max_size=4), st.lists(st.integers(-3, 3), max_size=3),
-    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2), st.just([[1]]),
-    st.just(["linear_attention", {}]))
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([0, -1, 1, 3, 2**31, 2**32, 2**64]),
+    st.floats(),
+    st.text(max_size=4),
+    st.lists(st.integers(-3, 3), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.just([[1]]),
+    st.just(["linear_attention", {}]),
+)
 _DELETE = object()
 
 
@@ -288,12 +336,17 @@ def test_config_problem_through_the_cli(tiny_ckpt, tmp_path, out_dir):
     ckpt = _copy(tiny_ckpt, tmp_path / "ckpt")
     _edit_json(ckpt / "config.json", lambda d: d["text_config"].update(max_position_embeddings=2**32))
     before = tree_digest(ckpt)
-    assert_refused(run_cli("convert", ckpt, "-o", out_dir / "lm.gguf"),
-                   "too large (2^31 or more): max_position_embeddings", ckpt / "config.json", out_dir)
+    assert_refused(
+        run_cli("convert", ckpt, "-o", out_dir / "lm.gguf"),
+        "too large (2^31 or more): max_position_embeddings",
+        ckpt / "config.json",
+        out_dir,
+    )
     assert tree_digest(ckpt) == before
 
 
 # --- Tokenizers that do not fit the vocabulary ----------------------------------------------------------
+
 
 def _tok(edit):
     return lambda c: _edit_json(c / "tokenizer.json", edit)
@@ -313,19 +366,37 @@ def _duplicate_id(t):
 
 
 TOKENIZER_CASES = {
-    "model.vocab id past the embedding": (_tok(_vocab_past_embedding), "tokenizer.json",
-                                          "token id 5000 does not fit the embedding"),
-    "merge naming an unknown token": (_tok(_merge_unknown), "tokenizer.json",
-                                      "'Ġunknownpiece' + 's' names 'Ġunknownpiece', which is not in model.vocab"),
-    "merge of three parts": (_tok(lambda t: t["model"]["merges"].append("a b c")), "tokenizer.json",
-                             "malformed merge 'a b c'"),
-    "non-integer token id": (_tok(lambda t: t["model"]["vocab"].update(zzz="7")), "tokenizer.json",
-                             "token -> integer id"),
+    "model.vocab id past the embedding": (
+        _tok(_vocab_past_embedding),
+        "tokenizer.json",
+        "token id 5000 does not fit the embedding",
+    ),
+    "merge naming an unknown token": (
+        _tok(_merge_unknown),
+        "tokenizer.json",
+        "'Ġunknownpiece' + 's' names 'Ġunknownpiece', which is not in model.vocab",
+    ),
+    "merge of three parts": (
+        _tok(lambda t: t["model"]["merges"].append("a b c")),
+        "tokenizer.json",
+        "malformed merge 'a b c'",
+    ),
+    "non-integer token id": (
+        _tok(lambda t: t["model"]["vocab"].update(zzz="7")),
+        "tokenizer.json",
+        "token -> integer id",
+    ),
     "two tokens with one id": (_tok(_duplicate_id), "tokenizer.json", "gives id"),
-    "added token without content": (_tok(lambda t: t["added_tokens"].append({"id": 1021})), "tokenizer.json",
-                                    "malformed added_tokens entry"),
-    "eos token not in the vocabulary": (lambda c: _edit_json(c / "tokenizer_config.json", lambda d: d.update(
-        eos_token="<|not-a-token|>")), "tokenizer_config.json", "eos_token '<|not-a-token|>' is not in the vocabulary"),
+    "added token without content": (
+        _tok(lambda t: t["added_tokens"].append({"id": 1021})),
+        "tokenizer.json",
+        "malformed added_tokens entry",
+    ),
+    "eos token not in the vocabulary": (
+        lambda c: _edit_json(c / "tokenizer_config.json", lambda d: d.update(eos_token="<|not-a-token|>")),
+        "tokenizer_config.json",
+        "eos_token '<|not-a-token|>' is not in the vocabulary",
+    ),
 }
 
 
@@ -351,6 +422,7 @@ def test_unknown_pad_token_is_a_warning_and_left_out(tiny_ckpt, tmp_path, out_di
 
 # --- A GGUF truncated after writing ---------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def lm_gguf(tiny_ckpt_kquant, convert_cached) -> Path:
     return convert_cached(tiny_ckpt_kquant, "f16")
@@ -366,8 +438,12 @@ def mmproj_gguf(tiny_ckpt_kquant, tmp_path_factory) -> Path:
 def _cut_points(path: Path) -> dict[str, int]:
     header = check_gguf_complete(path)
     size = path.stat().st_size
-    return {"in the key/values": 3000, "in the tensor infos": header.data_offset - 100,
-            "in the tensor data": header.data_offset + (size - header.data_offset) // 2, "last byte missing": size - 1}
+    return {
+        "in the key/values": 3000,
+        "in the tensor infos": header.data_offset - 100,
+        "in the tensor data": header.data_offset + (size - header.data_offset) // 2,
+        "last byte missing": size - 1,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -406,8 +482,9 @@ def test_truncated_lm_gguf_through_quantize_eval_and_ollama(truncated, lm_gguf, 
     (tmp_path / "Modelfile").write_text("FROM ./lm.gguf\nFROM ./mmproj.gguf\n")
     r = run_cli("ollama", "--check", tmp_path / "Modelfile")
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert r.stdout.splitlines() == [f"{tmp_path / 'Modelfile'}:1: FROM ./lm.gguf: {bad}: "
-                                     + check_error(bad).split(f"{bad}: ", 1)[1]], r.stdout
+    assert r.stdout.splitlines() == [
+        f"{tmp_path / 'Modelfile'}:1: FROM ./lm.gguf: {bad}: " + check_error(bad).split(f"{bad}: ", 1)[1]
+    ], r.stdout
     r = run_cli("ollama", bad, "--mmproj", mmproj_gguf, "-o", out_dir / "pkg")
     assert_refused(r, "truncated", bad, out_dir)
     assert tree_digest(tmp_path / "lm.gguf") == before
@@ -444,8 +521,7 @@ except Exception as err:
 @pytest.mark.parametrize("cut", CUTS)
 def test_loading_a_truncated_gguf_never_aborts_python(truncated, cut):
     """llama.cpp aborts on some malformed files; a truncated LM must come back as a Python error."""
-    r = subprocess.run([sys.executable, "-c", _LOAD, str(truncated[cut])], capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run([sys.executable, "-c", _LOAD, str(truncated[cut])], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, (r.returncode, r.stderr[-2000:])  # -6 would be an abort
     lines = r.stdout.splitlines()
     assert lines[0] == f"llama_cpp.Llama: ValueError: Failed to load model from file: {truncated[cut]}"

@@ -34,11 +34,17 @@ MEMORY_LIMIT = 512 * 2**20  # address space; a normal tiny conversion needs well
 
 def run_cli_limited(*args: str) -> subprocess.CompletedProcess:
     """run_cli with RLIMIT_AS set in the child: an allocation past the limit fails there."""
+
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
-    return subprocess.run([sys.executable, "-m", "minicpmv_gguf.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, preexec_fn=limit)
+    return subprocess.run(
+        [sys.executable, "-m", "minicpmv_gguf.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit,
+    )
 
 
 def add_tensor(path: Path, name: str, shape: list[int], *, data_bytes: int | None = None) -> None:
@@ -46,13 +52,13 @@ def add_tensor(path: Path, name: str, shape: list[int], *, data_bytes: int | Non
     (default: what the shape needs, so the header is consistent)."""
     data = path.read_bytes()
     n = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     end = max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
     size = 4 * shape[0] * shape[1] if data_bytes is None else data_bytes
     header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [end, end + size]}  # replaces one of that name
     raw = json.dumps(header).encode()
     with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+        f.write(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
         f.truncate(8 + len(raw) + end + size)  # a hole: no disk space, no memory
 
 
@@ -63,25 +69,55 @@ def stat_digest(path: Path) -> list[tuple[str, int, int]]:
 
 def test_the_memory_limit_bites():
     code = "import numpy as np; np.ones(2**30, np.uint8); print('allocated')"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT)))
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT)),
+    )
     assert r.returncode != 0 and "MemoryError" in r.stderr
 
 
 HUGE = {  # case: (command, tensor, shape, data bytes or None for consistent, message)
-    "2^40 x 2^40 declared, 8 bytes stored": ("convert", f"{LM}.huge", [2**40, 2**40], 8,
-                                             "needs 4835703278458516698824704"),
-    "2^40 x 2^40 declared, 8 bytes stored (mmproj)": ("mmproj", f"{LM}.huge", [2**40, 2**40], 8,
-                                                      "needs 4835703278458516698824704"),
+    "2^40 x 2^40 declared, 8 bytes stored": (
+        "convert",
+        f"{LM}.huge",
+        [2**40, 2**40],
+        8,
+        "needs 4835703278458516698824704",
+    ),
+    "2^40 x 2^40 declared, 8 bytes stored (mmproj)": (
+        "mmproj",
+        f"{LM}.huge",
+        [2**40, 2**40],
+        8,
+        "needs 4835703278458516698824704",
+    ),
     "16 GiB consistent tensor no rule maps": ("convert", f"{LM}.huge", [2**22, 2**10], None, "no rule maps it"),
-    "16 GiB consistent vision tensor no rule maps": ("mmproj", "model.vision_tower.huge", [2**22, 2**10], None,
-                                                     "no rule maps it"),
-    "16 GiB embedding, config says 1022 rows": ("convert", f"{LM}.embed_tokens.weight", [2**22, 2**10], None,
-                                                "1 tensor problem(s): model.language_model.embed_tokens.weight: "
-                                                "shape (4194304, 1024), config.json implies (1022, 64)"),
+    "16 GiB consistent vision tensor no rule maps": (
+        "mmproj",
+        "model.vision_tower.huge",
+        [2**22, 2**10],
+        None,
+        "no rule maps it",
+    ),
+    "16 GiB embedding, config says 1022 rows": (
+        "convert",
+        f"{LM}.embed_tokens.weight",
+        [2**22, 2**10],
+        None,
+        "1 tensor problem(s): model.language_model.embed_tokens.weight: "
+        "shape (4194304, 1024), config.json implies (1022, 64)",
+    ),
     # Consistent with config.json: the tokenizer check stops 2^24 padding tokens (1.5 GB of strings).
-    "4 GiB embedding, config vocab_size 2^24": ("convert", f"{LM}.embed_tokens.weight", [2**24, 64], None,
-                                                "1022 tokens for an embedding of 16777216 rows"),
+    "4 GiB embedding, config vocab_size 2^24": (
+        "convert",
+        f"{LM}.embed_tokens.weight",
+        [2**24, 64],
+        None,
+        "1022 tokens for an embedding of 16777216 rows",
+    ),
 }
 
 
@@ -115,10 +151,12 @@ def test_out_of_memory_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setattr(lm, "plan_lm", plan_lm)
     r = CliRunner().invoke(cli, ["convert", str(tmp_path), "-o", str(tmp_path / "lm.gguf")])
     assert r.exit_code == 1 and r.output.splitlines() == [
-        "Error: out of memory (free some, or check the input for huge declared sizes)"]
+        "Error: out of memory (free some, or check the input for huge declared sizes)"
+    ]
 
 
 # --- A full disk -----------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def small_fs(tmp_path):
@@ -135,8 +173,10 @@ def small_fs(tmp_path):
         mkfs = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, text=True)
         r2 = subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], capture_output=True, text=True)
         if mkfs.returncode or r2.returncode:
-            pytest.skip(f"cannot mount a small file system here: tmpfs: {r.stderr.strip()}; "
-                        f"loop ext4: {(mkfs.stderr or r2.stderr).strip()}")
+            pytest.skip(
+                f"cannot mount a small file system here: tmpfs: {r.stderr.strip()}; "
+                f"loop ext4: {(mkfs.stderr or r2.stderr).strip()}"
+            )
         shutil.rmtree(mnt / "lost+found", ignore_errors=True)
     try:
         yield mnt
@@ -185,8 +225,12 @@ cli(prog_name="minicpmv-gguf")
 
 def interrupt(args: list, sig: int, marker: Path) -> tuple[subprocess.CompletedProcess, int]:
     """Run the slowed CLI, send `sig` once the first chunk is written; (the result, the child's PID)."""
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_CLI, str(marker), *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_CLI, str(marker), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not marker.exists():
         assert proc.poll() is None, proc.communicate()

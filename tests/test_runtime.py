@@ -14,7 +14,7 @@ from itertools import islice
 
 import pytest
 
-from tests.runtime_cases import BAD_INPUTS, N_THREADS, QUESTION, bad_files, tiny_files  # noqa: F401 (fixtures)
+from tests.runtime_cases import BAD_INPUTS, N_THREADS, QUESTION
 
 N_TOKENS = 32
 
@@ -45,8 +45,7 @@ def reference(tiny_ckpt):
 
 
 def hf_inputs(processor, messages, images, mode="16x", thinking=False):
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
-                                         enable_thinking=thinking)  # fmt: skip
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, enable_thinking=thinking)
     if not images:
         return processor(text=[text], return_tensors="pt")
     return processor(text=[text], images=[images], downsample_mode=mode, return_tensors="pt")
@@ -60,8 +59,14 @@ def hf_greedy(reference, messages, images, mode="16x", n=N_TOKENS) -> list[int]:
     inputs = hf_inputs(processor, messages, images, mode)
     extra = {} if not images else {k: inputs[k] for k in ("pixel_values", "target_sizes")}
     with torch.no_grad():
-        out = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=n,
-                             do_sample=False, downsample_mode=mode, **extra)  # fmt: skip
+        out = model.generate(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            max_new_tokens=n,
+            do_sample=False,
+            downsample_mode=mode,
+            **extra,
+        )
     out = out[0, inputs["input_ids"].shape[1] :].tolist()
     eos = {processor.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
     return out[: next((i for i, t in enumerate(out) if t in eos), len(out))]
@@ -155,8 +160,9 @@ def test_video_frames_have_the_video_layout(model, reference, tiny_files):
     with model.chat() as chat:
         ids = chat.prompt_ids("Describe the video.", video=tiny_files.gif)
     frame = "<image>" + "<|image_pad|>" * 4 + "</image>"  # 16x: each frame is one 112x112 overview
-    text = (f"<|im_start|>user\n{frame * 3}\nDescribe the video.<|im_end|>\n"
-            "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    text = (
+        f"<|im_start|>user\n{frame * 3}\nDescribe the video.<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
     assert as_hf_ids(ids, reference[1]) == tok(text, add_special_tokens=False).input_ids
 
 
@@ -342,8 +348,12 @@ print("no error")
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=lambda c: c.name)
 def test_bad_input_raises_the_toolkit_error(case, tiny_files, bad_files):
-    r = subprocess.run([sys.executable, "-c", _API_RUNNER, json.dumps(case.resolve(tiny_files, bad_files))],
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-c", _API_RUNNER, json.dumps(case.resolve(tiny_files, bad_files))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 3, f"exit {r.returncode} (negative = killed by a signal)\n{r.stdout}{r.stderr[-2000:]}"
     assert r.stdout.startswith(case.error + ": ") and case.words in r.stdout, r.stdout
 
@@ -363,10 +373,15 @@ def test_released_template_renders_as_transformers_does(reference, thinking):
     from minicpmv_gguf.runtime.prompt import ChatTemplate
 
     source = (Path(__file__).parent.parent / RELEASED_TEMPLATE).read_text(encoding="utf-8")
-    messages = [{"role": "system", "content": "Be brief."}, user("What is this?", 1),
-                {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nA cat."}, user("And these?", 2)]  # fmt: skip
-    want = reference[1].apply_chat_template(messages, chat_template=source, add_generation_prompt=True,
-                                            tokenize=False, enable_thinking=thinking)  # fmt: skip
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        user("What is this?", 1),
+        {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nA cat."},
+        user("And these?", 2),
+    ]
+    want = reference[1].apply_chat_template(
+        messages, chat_template=source, add_generation_prompt=True, tokenize=False, enable_thinking=thinking
+    )
     template = ChatTemplate(source)
     got = template.render(messages, enable_thinking=thinking)
     assert got == want and got.count("<|image_pad|>") == 3 and "hmm" not in got  # past reasoning dropped

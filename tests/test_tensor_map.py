@@ -19,8 +19,14 @@ ORACLE_RENAMES = {".linear_attn.dt_bias": ".linear_attn.dt_proj.bias"}  # llama.
 
 def _plan(ckpt, tensors):
     c = ckpt.text
-    return plan_tensors(tensors.values(), lm_rules(c), c, n_blocks=c.num_hidden_layers, layer_types=c.layer_types,
-                        skip_prefixes=SKIP_PREFIXES)
+    return plan_tensors(
+        tensors.values(),
+        lm_rules(c),
+        c,
+        n_blocks=c.num_hidden_layers,
+        layer_types=c.layer_types,
+        skip_prefixes=SKIP_PREFIXES,
+    )
 
 
 def test_every_rule_agrees_with_gguf_py(tiny_ckpt):
@@ -43,7 +49,8 @@ def test_one_dimensional_tensors_are_f32(tiny_ckpt):
     planned, _ = _plan(ckpt, ckpt.tensors)
     assert all(p.dtype == "f32" for p in planned if len(p.gguf_shape) == 1)
     assert {p.gguf_name for p in planned if p.dtype == "f32" and len(p.gguf_shape) > 1} == {
-        f"blk.{b}.ssm_conv1d.weight" for b, t in enumerate(ckpt.text.layer_types) if t == "linear_attention"}
+        f"blk.{b}.ssm_conv1d.weight" for b, t in enumerate(ckpt.text.layer_types) if t == "linear_attention"
+    }
 
 
 def test_plan_covers_every_lm_tensor_and_skips_the_vision_half(tiny_ckpt):
@@ -65,9 +72,11 @@ def _plan_with(ckpt_path: Path, edit):
 def test_all_offenders_are_listed_in_one_error(tiny_ckpt):
     def edit(t):
         t["model.language_model.layers.0.mlp.extra.weight"] = replace(
-            t[f"{LM}.norm.weight"], name="model.language_model.layers.0.mlp.extra.weight")
+            t[f"{LM}.norm.weight"], name="model.language_model.layers.0.mlp.extra.weight"
+        )
         t["unknown.thing"] = replace(t[f"{LM}.norm.weight"], name="unknown.thing")
         del t[f"{LM}.layers.1.mlp.up_proj.weight"]
+
     with pytest.raises(TensorMapError) as err:
         _plan_with(tiny_ckpt, edit)
     msg = str(err.value)
@@ -81,8 +90,10 @@ def test_wrong_layer_type_and_out_of_range_block_are_refused(tiny_ckpt):
     def edit(t):
         full = next(n for n in t if ".self_attn.q_norm." in n and n.startswith(LM))
         t[f"{LM}.layers.0.self_attn.q_norm.weight"] = replace(t[full], name=f"{LM}.layers.0.self_attn.q_norm.weight")
-        t[f"{LM}.layers.99.mlp.up_proj.weight"] = replace(t[f"{LM}.layers.0.mlp.up_proj.weight"],
-                                                          name=f"{LM}.layers.99.mlp.up_proj.weight")
+        t[f"{LM}.layers.99.mlp.up_proj.weight"] = replace(
+            t[f"{LM}.layers.0.mlp.up_proj.weight"], name=f"{LM}.layers.99.mlp.up_proj.weight"
+        )
+
     with pytest.raises(TensorMapError) as err:
         _plan_with(tiny_ckpt, edit)
     assert "layer 0 is linear_attention in config.json" in str(err.value)
@@ -93,6 +104,7 @@ def test_shape_that_disagrees_with_config_is_refused(tiny_ckpt):
     def edit(t):
         ref = t[f"{LM}.embed_tokens.weight"]
         t[ref.name] = replace(ref, shape=(ref.shape[0] - 1, ref.shape[1]))
+
     with pytest.raises(TensorMapError, match=r"embed_tokens.weight: shape \(\d+, \d+\), config.json implies"):
         _plan_with(tiny_ckpt, edit)
 
@@ -102,6 +114,7 @@ def test_mtp_tensors_are_skipped_on_purpose(tiny_ckpt):
         norm = t[f"{LM}.norm.weight"]
         for name in ("mtp.fc.weight", f"{LM}.mtp.layers.0.input_layernorm.weight"):
             t[name] = replace(norm, name=name)
+
     planned, skipped = _plan_with(tiny_ckpt, edit)
     assert {"mtp.fc.weight", f"{LM}.mtp.layers.0.input_layernorm.weight"} <= set(skipped)
     assert not any("mtp" in p.gguf_name for p in planned)

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minicpmv_gguf.convert_hf_to_gguf.transforms import (add_one, chain, neg_exp, squeeze_conv1d, tile_v_heads,
-                                                         v_head_reorders)
+from minicpmv_gguf.convert_hf_to_gguf.transforms import (
+    add_one,
+    chain,
+    neg_exp,
+    squeeze_conv1d,
+    tile_v_heads,
+    v_head_reorders,
+)
 from minicpmv_gguf.tensor_plan import keep
 
 

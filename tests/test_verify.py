@@ -41,13 +41,21 @@ def test_verify_passes_on_a_good_build_and_records_it(good_build, tiny_ckpt_kqua
     rows = table_rows(r.stdout)
     assert set(rows.values()) == {"ok"}
     assert set(rows) == {
-        ("files", "7 files", "size + sha256 as recorded"), ("source", "ckpt", "content fingerprint"),
+        ("files", "7 files", "size + sha256 as recorded"),
+        ("source", "ckpt", "content fingerprint"),
         ("tokenizer", "lm-Q4_K_M.gguf", "token ids equal"),
-        ("text logits", "lm-F32.gguf", "worst NMSE"), ("text logits", "lm-F32.gguf", "top-1 agreement"),
-        ("text logits", "lm-Q4_K_M.gguf", "mean KLD"), ("text logits", "lm-Q4_K_M.gguf", "top-1 agreement"),
-        ("image 16x", "mmproj-16x.gguf", "min token cosine"), ("image 16x", "mmproj-16x.gguf", "worst NMSE"),
-        ("image 4x", "mmproj-4x.gguf", "min token cosine"), ("image 4x", "mmproj-4x.gguf", "worst NMSE")}
-    assert r.stdout.splitlines()[-1].startswith(f"{good_build} against {tiny_ckpt_kquant.resolve()}: all 11 checks passed")
+        ("text logits", "lm-F32.gguf", "worst NMSE"),
+        ("text logits", "lm-F32.gguf", "top-1 agreement"),
+        ("text logits", "lm-Q4_K_M.gguf", "mean KLD"),
+        ("text logits", "lm-Q4_K_M.gguf", "top-1 agreement"),
+        ("image 16x", "mmproj-16x.gguf", "min token cosine"),
+        ("image 16x", "mmproj-16x.gguf", "worst NMSE"),
+        ("image 4x", "mmproj-4x.gguf", "min token cosine"),
+        ("image 4x", "mmproj-4x.gguf", "worst NMSE"),
+    }
+    assert r.stdout.splitlines()[-1].startswith(
+        f"{good_build} against {tiny_ckpt_kquant.resolve()}: all 11 checks passed"
+    )
     recorded = json.loads((good_build / MANIFEST).read_text())["verify"]
     assert recorded["ok"] and len(recorded["rows"]) == 11
     assert recorded["files"]["mmproj-4x.gguf"] == sha256_file(good_build / "mmproj-4x.gguf")
@@ -108,10 +116,15 @@ def test_verify_needs_a_build_and_the_pytorch_reference(good_build, tmp_path):
     with pytest.raises(VerifyError, match="no manifest.json: not a build directory"):
         verify(tmp_path)
     # Without torch: one line, exit 1 (the import is blocked before the CLI starts).
-    code = ("import sys; sys.modules['torch'] = None; from minicpmv_gguf.cli import main; "
-            "sys.argv = ['minicpmv-gguf', 'verify', sys.argv[1]]; main()")
-    r = subprocess.run([sys.executable, "-c", code, str(good_build)], capture_output=True, text=True, timeout=120,
-                       env={**os.environ})
+    code = (
+        "import sys; sys.modules['torch'] = None; from minicpmv_gguf.cli import main; "
+        "sys.argv = ['minicpmv-gguf', 'verify', sys.argv[1]]; main()"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(good_build)], capture_output=True, text=True, timeout=120, env={**os.environ}
+    )
     assert r.returncode == 1
-    assert r.stderr.strip() == ("Error: verify compares the GGUFs with the PyTorch reference, which needs torch and "
-                                "transformers (torch is not installed): pip install torch transformers")
+    assert r.stderr.strip() == (
+        "Error: verify compares the GGUFs with the PyTorch reference, which needs torch and "
+        "transformers (torch is not installed): pip install torch transformers"
+    )

@@ -7,5 +7,18 @@ from .result import BuildResult, StageReport
 from .source import Source, fingerprint, resolve_source, sha256_file
 from .workdir import BuildLock
 
-__all__ = ["MANIFEST", "BuildLock", "BuildResult", "Source", "StageEvent", "StageProgress", "StageReport", "build",
-           "fingerprint", "read_manifest", "resolve_source", "sha256_file", "write_manifest"]
+__all__ = [
+    "MANIFEST",
+    "BuildLock",
+    "BuildResult",
+    "Source",
+    "StageEvent",
+    "StageProgress",
+    "StageReport",
+    "build",
+    "fingerprint",
+    "read_manifest",
+    "resolve_source",
+    "sha256_file",
+    "write_manifest",
+]

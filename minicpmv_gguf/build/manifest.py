@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gguf import LlamaFileType
 
@@ -41,8 +42,9 @@ def read_manifest(out_dir: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise OutputError(f"{path}: not a minicpmv-gguf build manifest; use --force to build here anyway")
     if data.get("version") != VERSION:
-        raise OutputError(f"{path}: manifest version {data.get('version')} (this toolkit writes {VERSION}); "
-                          "use --force to rebuild")
+        raise OutputError(
+            f"{path}: manifest version {data.get('version')} (this toolkit writes {VERSION}); use --force to rebuild"
+        )
     return data
 
 
@@ -66,8 +68,16 @@ def write_manifest(out_dir: Path, data: dict[str, Any]) -> Path:
 
 
 def new_manifest(source: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    return {"format": FORMAT, "version": VERSION, "created": _now(), "tools": tool_versions(), "source": source,
-            "options": options, "stages": {}, "files": {}}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "created": _now(),
+        "tools": tool_versions(),
+        "source": source,
+        "options": options,
+        "stages": {},
+        "files": {},
+    }
 
 
 def tool_versions() -> dict[str, str | None]:
@@ -97,14 +107,20 @@ def file_record(path: Path, sha256: str, **extra: Any) -> dict[str, Any]:
             return record
         ftype = header.kvs.get("general.file_type")
         try:
-            ftype = LlamaFileType(ftype).name.removeprefix("MOSTLY_").removeprefix("ALL_") if ftype is not None else None
+            ftype = (
+                LlamaFileType(ftype).name.removeprefix("MOSTLY_").removeprefix("ALL_") if ftype is not None else None
+            )
         except ValueError:
             pass
         counts: dict[str, int] = {}
         for t in header.tensors:
             counts[t.ggml_type] = counts.get(t.ggml_type, 0) + 1
-        record.update(architecture=header.kvs.get("general.architecture"), file_type=ftype,
-                      tensor_types=dict(sorted(counts.items())), n_tensors=len(header.tensors))
+        record.update(
+            architecture=header.kvs.get("general.architecture"),
+            file_type=ftype,
+            tensor_types=dict(sorted(counts.items())),
+            n_tensors=len(header.tensors),
+        )
     return record
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..convert_hf_to_gguf import plan_lm, write_lm
 from ..errors import OllamaError, OutputError, QuantizeError, ToolkitError
@@ -31,10 +32,22 @@ MMPROJ_OUTTYPES = ("auto", "f32", "f16", "bf16", "q8_0")
 PACKAGE = "ollama"
 
 
-def build(source: str | Path, out_dir: Path, *, quant: str = "Q4_K_M", modes: tuple[str, ...] = ("16x",),
-          lm_outtype: str = "auto", mmproj_outtype: str = "f16", keep_unquantized: bool = False,
-          ollama: bool = True, ollama_name: str = DEFAULT_NAME, revision: str | None = None,
-          threads: int | None = None, force: bool = False, progress: Progress | None = None) -> BuildResult:
+def build(
+    source: str | Path,
+    out_dir: Path,
+    *,
+    quant: str = "Q4_K_M",
+    modes: tuple[str, ...] = ("16x",),
+    lm_outtype: str = "auto",
+    mmproj_outtype: str = "f16",
+    keep_unquantized: bool = False,
+    ollama: bool = True,
+    ollama_name: str = DEFAULT_NAME,
+    revision: str | None = None,
+    threads: int | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> BuildResult:
     """Build (or resume) everything needed to run MiniCPM-V 4.6 from `source` in `out_dir`.
 
     Args:
@@ -65,8 +78,15 @@ def build(source: str | Path, out_dir: Path, *, quant: str = "Q4_K_M", modes: tu
     out_dir.mkdir(exist_ok=True)
     try:
         with BuildLock(out_dir):
-            options = dict(quant=quant, modes=list(modes), lm_outtype=lm_outtype, mmproj_outtype=mmproj_outtype,
-                           keep_unquantized=keep_unquantized, ollama=ollama, ollama_name=ollama_name)
+            options = dict(
+                quant=quant,
+                modes=list(modes),
+                lm_outtype=lm_outtype,
+                mmproj_outtype=mmproj_outtype,
+                keep_unquantized=keep_unquantized,
+                ollama=ollama,
+                ollama_name=ollama_name,
+            )
             run = _Run(out_dir, src, options, threads, force, progress or (lambda e: None))
             return run.all(t0)
     except BaseException:
@@ -77,8 +97,10 @@ def build(source: str | Path, out_dir: Path, *, quant: str = "Q4_K_M", modes: tu
 
 def _check_options(quant: str, modes: tuple[str, ...], lm_outtype: str, mmproj_outtype: str, name: str) -> None:
     if quant in NEEDS_IMATRIX:
-        raise QuantizeError(f"{quant} needs an importance matrix, which build does not make; use `minicpmv-gguf "
-                            "imatrix` and `quantize --imatrix` on a build made with --keep-unquantized")
+        raise QuantizeError(
+            f"{quant} needs an importance matrix, which build does not make; use `minicpmv-gguf "
+            "imatrix` and `quantize --imatrix` on a build made with --keep-unquantized"
+        )
     if not modes or any(m not in MODES for m in modes):
         raise ToolkitError(f"modes {','.join(modes) or '(none)'}: choose 16x, 4x or 16x,4x")
     if lm_outtype not in LM_OUTTYPES:
@@ -92,13 +114,18 @@ def _check_options(quant: str, modes: tuple[str, ...], lm_outtype: str, mmproj_o
 class _Run:
     """One build: the stages in order, the old and the new manifest, and the stage log."""
 
-    def __init__(self, out: Path, src: Source, options: dict, threads: int | None, force: bool,
-                 progress: Progress) -> None:
+    def __init__(
+        self, out: Path, src: Source, options: dict, threads: int | None, force: bool, progress: Progress
+    ) -> None:
         self.out, self.src, self.options, self.threads, self.force = out, src, options, threads, force
         self.quant, self.modes = options["quant"], options["modes"]
         self.final_float = self.quant in FLOAT_QUANTS  # no quantizer: the converted LM is the final one
-        stages = ["check", "convert"] + ([] if self.final_float else ["quantize"]) + \
-            [f"mmproj-{m}" for m in self.modes] + ([PACKAGE] if options["ollama"] else [])
+        stages = (
+            ["check", "convert"]
+            + ([] if self.final_float else ["quantize"])
+            + [f"mmproj-{m}" for m in self.modes]
+            + ([PACKAGE] if options["ollama"] else [])
+        )
         self.log = StageLog(stages, progress)
         self.removed: list[str] = []
 
@@ -112,8 +139,17 @@ class _Run:
             self.new["verify"] = verify  # it still describes these very files
         mf.write_manifest(self.out, self.new)
         removed = [n for n in self.removed if n not in self.new["files"]]
-        return BuildResult(self.out, self.src, lm, mmprojs, package, self.options["ollama_name"], self.log.reports,
-                           removed, time.perf_counter() - t0)
+        return BuildResult(
+            self.out,
+            self.src,
+            lm,
+            mmprojs,
+            package,
+            self.options["ollama_name"],
+            self.log.reports,
+            removed,
+            time.perf_counter() - t0,
+        )
 
     # ------------------------------------------------------------------ stages
     def _check(self) -> None:
@@ -138,9 +174,18 @@ class _Run:
         refuse_foreign(self.out, old, self.fp, force=self.force)
         self.old = {} if self.force or old is None else old  # --force: nothing is up to date
         self.prior_files = set((old or {}).get("files", {}))  # ours to remove when not carried over
-        self.new = mf.new_manifest(dict(kind=self.src.kind, path=str(self.src.path), repo_id=self.src.repo_id,
-                                        revision=self.src.revision, describe=self.src.describe(),
-                                        fingerprint=self.fp, files=files), self.options)
+        self.new = mf.new_manifest(
+            dict(
+                kind=self.src.kind,
+                path=str(self.src.path),
+                repo_id=self.src.repo_id,
+                revision=self.src.revision,
+                describe=self.src.describe(),
+                fingerprint=self.fp,
+                files=files,
+            ),
+            self.options,
+        )
         if self.old:
             self.new["created"] = self.old.get("created", self.new["created"])
         self.up_to_date: set[str] = set()
@@ -177,14 +222,25 @@ class _Run:
     def _convert(self) -> list[Path]:
         plan = plan_lm(self.src.path, outtype=FLOAT_QUANTS.get(self.quant, self.options["lm_outtype"]))
         out = self.out / f"lm-{plan.out_type.name}.gguf"
-        write_lm(plan, out, overwrite=True, name=self.src.name, source_url=self.src.url,
-                 progress=self.log.counter("convert", 2 * plan.n_bytes))
+        write_lm(
+            plan,
+            out,
+            overwrite=True,
+            name=self.src.name,
+            source_url=self.src.url,
+            progress=self.log.counter("convert", 2 * plan.n_bytes),
+        )
         return [out]
 
     def _quantize(self, converted: Path) -> list[Path]:
         out = self.out / f"lm-{self.quant}.gguf"
-        quantize_in_child(converted, out, qtype=self.quant, threads=self.threads,
-                          progress=lambda done, total: self.log.advance("quantize", done, 2 * total))
+        quantize_in_child(
+            converted,
+            out,
+            qtype=self.quant,
+            threads=self.threads,
+            progress=lambda done, total: self.log.advance("quantize", done, 2 * total),
+        )
         return [out]
 
     def _mmproj(self, mode: str) -> Path:
@@ -194,8 +250,13 @@ class _Run:
 
         def run() -> list[Path]:
             plan = plan_mmproj(self.src.path, mode=mode, outtype=self.options["mmproj_outtype"])
-            write_mmproj(plan, self.out / f"{key}.gguf", overwrite=True, name=self.src.name,
-                         progress=self.log.counter(key, 2 * plan.n_bytes))
+            write_mmproj(
+                plan,
+                self.out / f"{key}.gguf",
+                overwrite=True,
+                name=self.src.name,
+                progress=self.log.counter(key, 2 * plan.n_bytes),
+            )
             return [self.out / f"{key}.gguf"]
 
         return self._run(key, run)
@@ -206,8 +267,9 @@ class _Run:
             return self.out / PACKAGE
 
         def run() -> list[Path]:
-            pkg = package_ollama(lm, mmproj, self.out / PACKAGE, name=self.options["ollama_name"], link=True,
-                                 overwrite=True)
+            pkg = package_ollama(
+                lm, mmproj, self.out / PACKAGE, name=self.options["ollama_name"], link=True, overwrite=True
+            )
             return [pkg.modelfile, pkg.out / lm.name, pkg.out / mmproj.name]
 
         self._run(PACKAGE, run)
@@ -242,14 +304,25 @@ class _Run:
         if key == "convert":
             return {"outtype": FLOAT_QUANTS.get(self.quant, o["lm_outtype"]), "source": fp, "tools": converter}
         if key == "quantize":
-            return {"qtype": self.quant, "from": o["lm_outtype"], "source": fp,
-                    "tools": {**converter, **{k: tools[k] for k in ("llama-cpp-python", "libllama")}}}
+            return {
+                "qtype": self.quant,
+                "from": o["lm_outtype"],
+                "source": fp,
+                "tools": {**converter, **{k: tools[k] for k in ("llama-cpp-python", "libllama")}},
+            }
         if key.startswith("mmproj-"):
-            return {"mode": key.removeprefix("mmproj-"), "outtype": o["mmproj_outtype"], "source": fp,
-                    "tools": converter}
+            return {
+                "mode": key.removeprefix("mmproj-"),
+                "outtype": o["mmproj_outtype"],
+                "source": fp,
+                "tools": converter,
+            }
         lm, mm = self._outputs("convert" if self.final_float else "quantize"), self._outputs(f"mmproj-{self.modes[0]}")
-        return {"name": o["ollama_name"], "lm": lm and self.new["files"][lm[0]]["sha256"],
-                "mmproj": mm and self.new["files"][mm[0]]["sha256"]}
+        return {
+            "name": o["ollama_name"],
+            "lm": lm and self.new["files"][lm[0]]["sha256"],
+            "mmproj": mm and self.new["files"][mm[0]]["sha256"],
+        }
 
     def _outputs(self, key: str) -> list[str]:
         return self.new["stages"].get(key, {}).get("outputs", [])

@@ -7,8 +7,9 @@ terminal one line per stage is redrawn in place; elsewhere (logs, CI) a line is 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, TextIO
+from typing import Literal, TextIO
 
 from .result import StageReport
 
@@ -51,8 +52,10 @@ class StageProgress:
         elif e.kind == "skip":
             self._write(f"{head}: skipped ({e.detail})", final=True)
         else:
-            self._write(f"{head}: done in {_clock(e.seconds, precise=True)}{' (' + e.detail + ')' if e.detail else ''}",
-                        final=True)
+            self._write(
+                f"{head}: done in {_clock(e.seconds, precise=True)}{' (' + e.detail + ')' if e.detail else ''}",
+                final=True,
+            )
 
     def _advance(self, head: str, e: StageEvent) -> None:
         now = time.monotonic()

@@ -32,8 +32,14 @@ def main(job: dict) -> None:
     from ..quantize import quantize_lm
 
     try:
-        r = quantize_lm(Path(job["src"]), Path(job["out"]), qtype=job["qtype"], threads=job["threads"],
-                        overwrite=True, progress=lambda done, total: send("progress", done, total))
+        r = quantize_lm(
+            Path(job["src"]),
+            Path(job["out"]),
+            qtype=job["qtype"],
+            threads=job["threads"],
+            overwrite=True,
+            progress=lambda done, total: send("progress", done, total),
+        )
         send("done", r.qtype, r.in_bytes, r.out_bytes, r.n_params, r.seconds)
     except ToolkitError as err:
         send("error", type(err).__name__, str(err))

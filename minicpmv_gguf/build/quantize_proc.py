@@ -12,8 +12,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .. import errors
 from ..quantize import QuantizeResult
@@ -21,8 +21,9 @@ from ..quantize import QuantizeResult
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
-def quantize_in_child(src: Path, out: Path, *, qtype: str, threads: int | None,
-                      progress: Callable[[int, int], None] | None = None) -> QuantizeResult:
+def quantize_in_child(
+    src: Path, out: Path, *, qtype: str, threads: int | None, progress: Callable[[int, int], None] | None = None
+) -> QuantizeResult:
     """quantize_lm(src, out, ...) in a child process; its toolkit errors are raised here with their own type.
 
     Raises:
@@ -31,10 +32,18 @@ def quantize_in_child(src: Path, out: Path, *, qtype: str, threads: int | None,
     src, out = Path(src), Path(out)
     tmp = out.parent / f".{out.name}.{os.getpid()}.part"  # a leftover of a killed build: the next run deletes it
     job = {"src": str(src), "out": str(tmp), "qtype": qtype, "threads": threads, "parent": os.getpid()}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen([sys.executable, "-m", "minicpmv_gguf.build.quantize_child", json.dumps(job)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minicpmv_gguf.build.quantize_child", json.dumps(job)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     answer = None
     try:
         for line in proc.stdout:
@@ -45,8 +54,9 @@ def quantize_in_child(src: Path, out: Path, *, qtype: str, threads: int | None,
                 answer = msg
         proc.wait()
         if answer is None:
-            raise errors.QuantizeError(f"{src}: the quantizer process ended without a result "
-                                       f"(exit code {proc.returncode}; out of memory?)")
+            raise errors.QuantizeError(
+                f"{src}: the quantizer process ended without a result (exit code {proc.returncode}; out of memory?)"
+            )
         if answer[0] == "error":
             raise getattr(errors, answer[1], errors.QuantizeError)(answer[2].replace(str(tmp), str(out)))
         try:

@@ -42,8 +42,10 @@ class BuildResult:
         """The `run`, `chat` and `ollama create` commands for the built files."""
         q = shlex.quote
         model = " ".join([q(str(self.lm))] + [f"--mmproj {q(str(p))}" for p in self.mmprojs.values()])
-        out = {"run": f"minicpmv-gguf run {model} --image IMAGE -p 'What is in the picture?'",
-               "chat": f"minicpmv-gguf chat {model}"}
+        out = {
+            "run": f"minicpmv-gguf run {model} --image IMAGE -p 'What is in the picture?'",
+            "chat": f"minicpmv-gguf chat {model}",
+        }
         if self.ollama is not None:
             out["ollama"] = f"ollama create {q(self.ollama_name)} -f {q(str(self.ollama / 'Modelfile'))}"
         return out
@@ -51,9 +53,11 @@ class BuildResult:
     def summary(self) -> str:
         ran = [s.name for s in self.stages if s.status == "ran" and s.name != "check"]
         skipped = [s.name for s in self.stages if s.status != "ran"]
-        lines = [f"built {self.out_dir} from {self.source.describe()} in {self.seconds:.1f} s: "
-                 f"{len(ran)} stage(s) run ({', '.join(ran) or 'none'}), {len(skipped)} skipped "
-                 f"({', '.join(skipped) or 'none'})"]
+        lines = [
+            f"built {self.out_dir} from {self.source.describe()} in {self.seconds:.1f} s: "
+            f"{len(ran)} stage(s) run ({', '.join(ran) or 'none'}), {len(skipped)} skipped "
+            f"({', '.join(skipped) or 'none'})"
+        ]
         if self.removed:
             lines.append(f"removed: {', '.join(self.removed)}")
         width = max(len(k) for k in self.commands())

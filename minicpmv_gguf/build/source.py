@@ -11,9 +11,9 @@ import hashlib
 import os
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlparse
 
 from ..errors import SourceError
@@ -64,16 +64,27 @@ def _download(repo_id: str, revision: str | None, timeout: float) -> Source:
         from huggingface_hub import constants, snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError:
-        raise SourceError(f"{repo_id}: downloading a Hugging Face repo needs huggingface_hub "
-                          "(pip install huggingface_hub), or give a local checkpoint directory") from None
+        raise SourceError(
+            f"{repo_id}: downloading a Hugging Face repo needs huggingface_hub "
+            "(pip install huggingface_hub), or give a local checkpoint directory"
+        ) from None
     offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
     reason = "HF_HUB_OFFLINE is set" if offline else _unreachable(constants.ENDPOINT, timeout)
     try:
-        path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(SOURCE_PATTERNS),
-                                      local_files_only=bool(reason), etag_timeout=timeout))
+        path = Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=list(SOURCE_PATTERNS),
+                local_files_only=bool(reason),
+                etag_timeout=timeout,
+            )
+        )
     except LocalEntryNotFoundError:
-        raise SourceError(f"{repo_id}: {reason or 'the download failed'} and the repo is not in the local Hugging Face "
-                          "cache; download it where the hub is reachable, or give a local checkpoint directory") from None
+        raise SourceError(
+            f"{repo_id}: {reason or 'the download failed'} and the repo is not in the local Hugging Face "
+            "cache; download it where the hub is reachable, or give a local checkpoint directory"
+        ) from None
     except Exception as err:  # the hub's HTTP errors (unknown repo, gated, bad revision) and network errors
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SourceError(f"{repo_id}: cannot download it from the Hugging Face hub: {first}") from err
@@ -96,13 +107,15 @@ def _unreachable(endpoint: str, timeout: float) -> str | None:
 
 def source_files(path: Path) -> list[Path]:
     """The checkpoint files a conversion reads, by name."""
-    files = {p for pattern in SOURCE_PATTERNS for p in Path(path).glob(pattern)
-             if p.is_file() and not p.name.startswith(".")}
+    files = {
+        p for pattern in SOURCE_PATTERNS for p in Path(path).glob(pattern) if p.is_file() and not p.name.startswith(".")
+    }
     return sorted(files, key=lambda p: p.name)
 
 
-def fingerprint(path: Path, cache: dict[str, dict] | None = None,
-                progress: Callable[[int, int], None] | None = None) -> tuple[str, dict[str, dict]]:
+def fingerprint(
+    path: Path, cache: dict[str, dict] | None = None, progress: Callable[[int, int], None] | None = None
+) -> tuple[str, dict[str, dict]]:
     """(sha256 of the checkpoint's content, {file name: {size, mtime_ns, sha256}}).
 
     `cache` holds earlier records of the same directory; a file whose size and mtime match is not re-read.
@@ -114,11 +127,13 @@ def fingerprint(path: Path, cache: dict[str, dict] | None = None,
     records = {}
     for name, (p, st) in stats.items():
         if name in todo:
+
             def step(n: int) -> None:
                 nonlocal done
                 done += n
                 if progress:
                     progress(done, total)
+
             sha = sha256_file(p, step)
         else:
             sha = cache[name]["sha256"]

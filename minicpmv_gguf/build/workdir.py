@@ -38,8 +38,10 @@ class BuildLock:
         except BlockingIOError:
             holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip()
             os.close(self.fd)
-            raise OutputError(f"{self.path.parent}: another build or verify ({holder or 'unknown process'}) is using "
-                              "this directory; wait for it to finish or choose another directory") from None
+            raise OutputError(
+                f"{self.path.parent}: another build or verify ({holder or 'unknown process'}) is using "
+                "this directory; wait for it to finish or choose another directory"
+            ) from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{self.what}, pid {os.getpid()}".encode(), 0)
         return self
@@ -99,10 +101,14 @@ def refuse_foreign(out_dir: Path, manifest: dict | None, fingerprint: str | None
         return
     if manifest is None:
         if Path(out_dir).is_dir() and has_content(out_dir):
-            raise OutputError(f"{out_dir}: exists, is not empty and has no {MANIFEST} (not a minicpmv-gguf build); "
-                              "use --force to build into it anyway, or choose another directory")
+            raise OutputError(
+                f"{out_dir}: exists, is not empty and has no {MANIFEST} (not a minicpmv-gguf build); "
+                "use --force to build into it anyway, or choose another directory"
+            )
         return
     if fingerprint is not None and manifest.get("source", {}).get("fingerprint") != fingerprint:
         was = manifest.get("source", {}).get("describe", "another checkpoint")
-        raise OutputError(f"{out_dir}: holds a build of a different source ({was}); use --force to replace it, "
-                          "or choose another directory")
+        raise OutputError(
+            f"{out_dir}: holds a build of a different source ({was}); use --force to replace it, "
+            "or choose another directory"
+        )

@@ -42,8 +42,10 @@ class LMPlan:
         return sum(t.nbytes for t in self.tensors)
 
     def summary(self) -> str:
-        return (f"dry run: {len(self.rows)} tensors ({self.n_bytes / 1e6:.1f} MB, {self.out_type.name}), "
-                f"{len(self.skipped)} non-LM tensors skipped, tokenizer: {self.vocab.recognised}; nothing written")
+        return (
+            f"dry run: {len(self.rows)} tensors ({self.n_bytes / 1e6:.1f} MB, {self.out_type.name}), "
+            f"{len(self.skipped)} non-LM tensors skipped, tokenizer: {self.vocab.recognised}; nothing written"
+        )
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,10 @@ class ConvertResult:
 
     def summary(self) -> str:
         p = self.plan
-        return (f"wrote {self.out}: {len(p.rows)} tensors, {self.n_bytes / 1e6:.1f} MB, {p.out_type.name}, "
-                f"in {self.seconds:.1f} s ({len(p.skipped)} non-LM tensors skipped; tokenizer: {p.vocab.recognised})")
+        return (
+            f"wrote {self.out}: {len(p.rows)} tensors, {self.n_bytes / 1e6:.1f} MB, {p.out_type.name}, "
+            f"in {self.seconds:.1f} s ({len(p.skipped)} non-LM tensors skipped; tokenizer: {p.vocab.recognised})"
+        )
 
 
 def plan_lm(checkpoint: Path, *, outtype: str = "auto") -> LMPlan:
@@ -72,9 +76,14 @@ def plan_lm(checkpoint: Path, *, outtype: str = "auto") -> LMPlan:
     """
     ckpt = open_checkpoint(Path(checkpoint))
     try:
-        planned, skipped = plan_tensors(ckpt.tensors.values(), lm_rules(ckpt.text), ckpt.text,
-                                        n_blocks=ckpt.text.num_hidden_layers, layer_types=ckpt.text.layer_types,
-                                        skip_prefixes=SKIP_PREFIXES)
+        planned, skipped = plan_tensors(
+            ckpt.tensors.values(),
+            lm_rules(ckpt.text),
+            ckpt.text,
+            n_blocks=ckpt.text.num_hidden_layers,
+            layer_types=ckpt.text.layer_types,
+            skip_prefixes=SKIP_PREFIXES,
+        )
     except ToolkitError as err:
         raise type(err)(f"{ckpt.path}: {err}") from err
     if skipped:
@@ -85,8 +94,15 @@ def plan_lm(checkpoint: Path, *, outtype: str = "auto") -> LMPlan:
     return LMPlan(ckpt, vocab, out_type, tensors, plan_rows(planned, tensors), skipped)
 
 
-def write_lm(plan: LMPlan, out: Path, *, overwrite: bool = False, name: str | None = None,
-             source_url: str | None = None, progress: Progress | None = None) -> ConvertResult:
+def write_lm(
+    plan: LMPlan,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    name: str | None = None,
+    source_url: str | None = None,
+    progress: Progress | None = None,
+) -> ConvertResult:
     """Write a planned LM GGUF atomically.
 
     Args:
@@ -98,21 +114,39 @@ def write_lm(plan: LMPlan, out: Path, *, overwrite: bool = False, name: str | No
     """
     t0 = time.perf_counter()
     ckpt = plan.checkpoint
-    kvs = [*general_kvs(ckpt, file_type=int(FILE_TYPES[plan.out_type]), gguf_type="model", name=name,
-                        source_url=source_url), *sampling_kvs(ckpt),
-           *lm_hparams(ckpt.text), *tokenizer_kvs(plan.vocab)]
+    kvs = [
+        *general_kvs(
+            ckpt, file_type=int(FILE_TYPES[plan.out_type]), gguf_type="model", name=name, source_url=source_url
+        ),
+        *sampling_kvs(ckpt),
+        *lm_hparams(ckpt.text),
+        *tokenizer_kvs(plan.vocab),
+    ]
     n_bytes = write_gguf(Path(out), ARCH, kvs, plan.tensors, overwrite=overwrite, progress=progress)
     return ConvertResult(Path(out), plan, n_bytes, time.perf_counter() - t0)
 
 
-def convert_lm(checkpoint: Path, out: Path, *, outtype: str = "auto", overwrite: bool = False,
-               name: str | None = None, source_url: str | None = None,
-               progress: Progress | None = None) -> ConvertResult:
+def convert_lm(
+    checkpoint: Path,
+    out: Path,
+    *,
+    outtype: str = "auto",
+    overwrite: bool = False,
+    name: str | None = None,
+    source_url: str | None = None,
+    progress: Progress | None = None,
+) -> ConvertResult:
     """plan_lm + write_lm: convert a MiniCPM-V 4.6 checkpoint's language model to a qwen35 GGUF.
 
     Example:
         >>> convert_lm(Path("MiniCPM-V-4_6"), Path("lm.gguf"), outtype="f16").summary()
     """
     check_output(Path(out), overwrite=overwrite)  # fail before the long part
-    return write_lm(plan_lm(checkpoint, outtype=outtype), out, overwrite=overwrite, name=name,
-                    source_url=source_url, progress=progress)
+    return write_lm(
+        plan_lm(checkpoint, outtype=outtype),
+        out,
+        overwrite=overwrite,
+        name=name,
+        source_url=source_url,
+        progress=progress,
+    )

@@ -32,8 +32,7 @@ def lm_hparams(c: TextConfig) -> list[KV]:
         KV(f"{a}.rope.freq_base", c.rope_theta, T.FLOAT32),
         # Partial rotary: only the first head_dim * partial_rotary_factor dims rotate.
         KV(f"{a}.rope.dimension_count", c.rope_dim, T.UINT32),
-        KV(f"{a}.rope.dimension_sections", [*c.mrope_section, *[0] * (4 - len(c.mrope_section))],
-           T.ARRAY, T.INT32),
+        KV(f"{a}.rope.dimension_sections", [*c.mrope_section, *[0] * (4 - len(c.mrope_section))], T.ARRAY, T.INT32),
         KV(f"{a}.ssm.conv_kernel", c.linear_conv_kernel_dim, T.UINT32),
         KV(f"{a}.ssm.state_size", c.linear_key_head_dim, T.UINT32),
         KV(f"{a}.ssm.group_count", c.linear_num_key_heads, T.UINT32),

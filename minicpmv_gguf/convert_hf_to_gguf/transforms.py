@@ -29,8 +29,9 @@ def squeeze_conv1d(w: np.ndarray) -> np.ndarray:
     return w[:, 0, :]
 
 
-def tile_v_heads(w: np.ndarray, *, n_k_heads: int, n_v_heads: int, head_dim: int,
-                 axis: int = 0, start: int = 0) -> np.ndarray:
+def tile_v_heads(
+    w: np.ndarray, *, n_k_heads: int, n_v_heads: int, head_dim: int, axis: int = 0, start: int = 0
+) -> np.ndarray:
     """Reorder value heads from HF's grouped order to llama.cpp's tiled order.
 
     HF repeat_interleaves key heads, so value head k*r + s (r = n_v/n_k) reads key head k; ggml
@@ -41,10 +42,10 @@ def tile_v_heads(w: np.ndarray, *, n_k_heads: int, n_v_heads: int, head_dim: int
     if r == 1:
         return w
     w = np.moveaxis(w, axis, 0)
-    v = w[start:start + n_v_heads * head_dim]
+    v = w[start : start + n_v_heads * head_dim]
     assert v.shape[0] == n_v_heads * head_dim, (w.shape, start, n_v_heads, head_dim)
     tiled = v.reshape(n_k_heads, r, head_dim, *v.shape[1:]).swapaxes(0, 1).reshape(v.shape)
-    out = np.concatenate([w[:start], tiled, w[start + v.shape[0]:]], axis=0)
+    out = np.concatenate([w[:start], tiled, w[start + v.shape[0] :]], axis=0)
     return np.moveaxis(out, 0, axis)
 
 
@@ -61,8 +62,9 @@ def chain(*steps: Transform) -> Transform:
             w = step(w)
         return w
 
-    run.__name__ = " -> ".join(getattr(s, "__name__", getattr(getattr(s, "func", None), "__name__", "?"))
-                               for s in steps)
+    run.__name__ = " -> ".join(
+        getattr(s, "__name__", getattr(getattr(s, "func", None), "__name__", "?")) for s in steps
+    )
     return run
 
 
@@ -72,9 +74,9 @@ def v_head_reorders(n_k_heads: int, n_v_heads: int, head_dim: int, k_dim: int) -
         return dict.fromkeys(("qkv", "rows", "heads", "conv", "cols"), keep)
     tile = partial(tile_v_heads, n_k_heads=n_k_heads, n_v_heads=n_v_heads)
     return {
-        "qkv": partial(tile, head_dim=head_dim, start=2 * k_dim),   # in_proj_qkv rows [q | k | v]
-        "rows": partial(tile, head_dim=head_dim),                   # in_proj_z rows
-        "heads": partial(tile, head_dim=1),                         # in_proj_a/b rows, A_log, dt_bias
+        "qkv": partial(tile, head_dim=head_dim, start=2 * k_dim),  # in_proj_qkv rows [q | k | v]
+        "rows": partial(tile, head_dim=head_dim),  # in_proj_z rows
+        "heads": partial(tile, head_dim=1),  # in_proj_a/b rows, A_log, dt_bias
         "conv": partial(tile, head_dim=head_dim, start=2 * k_dim),  # conv1d channels [q | k | v]
-        "cols": partial(tile, head_dim=head_dim, axis=1),           # out_proj columns
+        "cols": partial(tile, head_dim=head_dim, axis=1),  # out_proj columns
     }

@@ -19,11 +19,18 @@ from ..errors import TokenizerError
 log = logging.getLogger(__name__)
 
 # The Qwen3.5 pre-tokenizer regex; llama.cpp's LLAMA_VOCAB_PRE_TYPE_QWEN35 uses the same one.
-QWEN35_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"""
-                r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
+QWEN35_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 # Ids of the released MiniCPM-V 4.6 tokenizer (vocab_size 248094), used to recognise it.
-RELEASED_IDS = {"<|endoftext|>": 248044, "<|im_start|>": 248045, "<|im_end|>": 248046,
-                "<|image_pad|>": 248056, "<|video_pad|>": 248057}
+RELEASED_IDS = {
+    "<|endoftext|>": 248044,
+    "<|im_start|>": 248045,
+    "<|im_end|>": 248046,
+    "<|image_pad|>": 248056,
+    "<|video_pad|>": 248057,
+}
 RELEASED_VOCAB_SIZE = 248094
 # Pieces libmtmd looks up by text to frame MiniCPM-V image embeddings.
 MTMD_PIECES = ("<image>", "</image>", "<slice>", "</slice>")
@@ -39,11 +46,11 @@ class Vocab:
     tokens: list[str]
     token_types: list[int]
     merges: list[str]
-    special_ids: dict[str, int]        # "bos" | "eos" | "pad" | "unk" -> id
+    special_ids: dict[str, int]  # "bos" | "eos" | "pad" | "unk" -> id
     add_bos: bool
     chat_template: str
-    pre: str                           # llama.cpp pre-tokenizer name
-    recognised: str                    # what the tokenizer was taken to be, for the log and summary
+    pre: str  # llama.cpp pre-tokenizer name
+    recognised: str  # what the tokenizer was taken to be, for the log and summary
 
 
 def _token_text(value: Any) -> str | None:
@@ -77,12 +84,16 @@ def read_vocab(path: Path, vocab_size: int) -> Vocab:
         raise TokenizerError(f"{tj_path}: model.vocab gives id {shared} to several tokens")
     id_to_text.update({i: t["content"] for i, t in added.items()})
     if vocab_size > 2 * len(id_to_text) + 1024:  # mostly padding: not this model's tokenizer (or a huge config)
-        raise TokenizerError(f"{tj_path}: {len(id_to_text)} tokens for an embedding of {vocab_size} rows "
-                             "(config vocab_size): the tokenizer does not belong to this model")
+        raise TokenizerError(
+            f"{tj_path}: {len(id_to_text)} tokens for an embedding of {vocab_size} rows "
+            "(config vocab_size): the tokenizer does not belong to this model"
+        )
     too_big = sorted(i for i in id_to_text if not 0 <= i < vocab_size)
     if too_big:
-        raise TokenizerError(f"{tj_path}: token id {too_big[-1]} does not fit the embedding "
-                             f"(config vocab_size {vocab_size}; {len(too_big)} id(s) out of range)")
+        raise TokenizerError(
+            f"{tj_path}: token id {too_big[-1]} does not fit the embedding "
+            f"(config vocab_size {vocab_size}; {len(too_big)} id(s) out of range)"
+        )
     tokens, types = [], []
     for i in range(vocab_size):
         if i in added:
@@ -100,8 +111,9 @@ def read_vocab(path: Path, vocab_size: int) -> Vocab:
     text_to_id = {t: i for i, t in id_to_text.items()}
     missing = [p for p in MTMD_PIECES if p not in text_to_id]
     if missing:
-        log.warning("%s: no %s token: libmtmd cannot frame image embeddings with this vocabulary",
-                    tj_path, ", ".join(missing))
+        log.warning(
+            "%s: no %s token: libmtmd cannot frame image embeddings with this vocabulary", tj_path, ", ".join(missing)
+        )
     special_ids = {}
     for kind in ("bos", "eos", "pad", "unk"):
         text = _token_text(tc.get(f"{kind}_token"))
@@ -117,9 +129,16 @@ def read_vocab(path: Path, vocab_size: int) -> Vocab:
         raise TokenizerError(f"{tc_path}: no eos_token")
     pre, recognised = _recognise(tj, text_to_id, vocab_size, tj_path)
     add_bos = tc.get("add_bos_token")
-    return Vocab(tokens, types, _merges(model.get("merges"), vocab, tj_path), special_ids,
-                 add_bos if isinstance(add_bos, bool) else False,
-                 read_chat_template(path, tc), pre, recognised)
+    return Vocab(
+        tokens,
+        types,
+        _merges(model.get("merges"), vocab, tj_path),
+        special_ids,
+        add_bos if isinstance(add_bos, bool) else False,
+        read_chat_template(path, tc),
+        pre,
+        recognised,
+    )
 
 
 def _read(p: Path) -> dict[str, Any]:
@@ -134,6 +153,7 @@ def _has_byte_level(tj: dict[str, Any]) -> bool:
         if not isinstance(node, dict):
             return set()
         return {node.get("type")} | {k for child in node.get("pretokenizers") or [] for k in kinds(child)}
+
     return "ByteLevel" in kinds(tj.get("pre_tokenizer")) | kinds(tj.get("decoder"))
 
 
@@ -147,8 +167,11 @@ def _split_regex(tj: dict[str, Any]) -> str | None:
 
 def _recognise(tj: dict[str, Any], text_to_id: dict[str, int], vocab_size: int, where: Path) -> tuple[str, str]:
     if _split_regex(tj) != QWEN35_REGEX:
-        log.warning("%s: pre-tokenizer is not Qwen3.5's; assuming llama.cpp pre-tokenizer 'qwen35' "
-                    "(token ids may differ from Hugging Face's)", where)
+        log.warning(
+            "%s: pre-tokenizer is not Qwen3.5's; assuming llama.cpp pre-tokenizer 'qwen35' "
+            "(token ids may differ from Hugging Face's)",
+            where,
+        )
         return "qwen35", "unknown byte-level BPE, assumed Qwen3.5 pre-tokenizer"
     if vocab_size == RELEASED_VOCAB_SIZE and all(text_to_id.get(t) == i for t, i in RELEASED_IDS.items()):
         return "qwen35", "the released MiniCPM-V 4.6 tokenizer"
@@ -168,8 +191,9 @@ def _merges(raw: Any, vocab: dict[str, int], where: Path) -> list[str]:
     if unknown:
         a, b = unknown[0]
         name = next(t for t in (a, b, a + b) if t not in vocab)
-        raise TokenizerError(f"{where}: merge {a!r} + {b!r} names {name!r}, which is not in model.vocab "
-                             f"({len(unknown)} such merge(s))")
+        raise TokenizerError(
+            f"{where}: merge {a!r} + {b!r} names {name!r}, which is not in model.vocab ({len(unknown)} such merge(s))"
+        )
     # llama.cpp splits merges on ' ': a literal space in a part is stored as its byte-level 'Ġ'.
     return [m if isinstance(m, str) else " ".join(p.replace(" ", "\u0120") for p in m) for m in raw]
 
@@ -183,6 +207,8 @@ def read_chat_template(path: Path, tokenizer_config: dict[str, Any]) -> str:
     if isinstance(template, list):  # [{"name": ..., "template": ...}]
         template = next((t.get("template") for t in template if t.get("name") == "default"), None)
     if not isinstance(template, str) or not template:
-        raise TokenizerError(f"{path}: no chat template (chat_template.jinja or tokenizer_config.json); "
-                             "llama-cpp-python's multimodal chat handler needs one")
+        raise TokenizerError(
+            f"{path}: no chat template (chat_template.jinja or tokenizer_config.json); "
+            "llama-cpp-python's multimodal chat handler needs one"
+        )
     return template

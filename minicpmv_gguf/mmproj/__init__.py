@@ -3,5 +3,13 @@
 from .config import MODES, VisionConfig
 from .convert import MMProjPlan, MMProjResult, convert_mmproj, mode_paths, plan_mmproj, write_mmproj
 
-__all__ = ["MODES", "MMProjPlan", "MMProjResult", "VisionConfig", "convert_mmproj", "mode_paths", "plan_mmproj",
-           "write_mmproj"]
+__all__ = [
+    "MODES",
+    "MMProjPlan",
+    "MMProjResult",
+    "VisionConfig",
+    "convert_mmproj",
+    "mode_paths",
+    "plan_mmproj",
+    "write_mmproj",
+]

@@ -39,8 +39,10 @@ class MMProjPlan:
         return sum(t.nbytes for t in self.tensors)
 
     def summary(self) -> str:
-        return (f"dry run ({self.mode}): {len(self.rows)} tensors ({self.n_bytes / 1e6:.1f} MB, {self.out_type.name}), "
-                f"{len(self.skipped)} non-vision tensors skipped; nothing written")
+        return (
+            f"dry run ({self.mode}): {len(self.rows)} tensors ({self.n_bytes / 1e6:.1f} MB, {self.out_type.name}), "
+            f"{len(self.skipped)} non-vision tensors skipped; nothing written"
+        )
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,10 @@ class MMProjResult:
 
     def summary(self) -> str:
         p = self.plan
-        return (f"wrote {self.out}: {p.mode} mmproj, {len(p.rows)} tensors, {self.n_bytes / 1e6:.1f} MB, "
-                f"{p.out_type.name}, in {self.seconds:.1f} s")
+        return (
+            f"wrote {self.out}: {p.mode} mmproj, {len(p.rows)} tensors, {self.n_bytes / 1e6:.1f} MB, "
+            f"{p.out_type.name}, in {self.seconds:.1f} s"
+        )
 
 
 def plan_mmproj(checkpoint: Path, *, mode: str = "16x", outtype: str = "f16") -> MMProjPlan:
@@ -74,8 +78,13 @@ def plan_mmproj(checkpoint: Path, *, mode: str = "16x", outtype: str = "f16") ->
         raise CheckpointError(f"{ckpt.path}: no vision weights ({V}.*): this checkpoint cannot make an mmproj")
     vision = parse_vision_config(ckpt)
     try:
-        planned, skipped = plan_tensors(ckpt.tensors.values(), mmproj_rules(mode), vision,
-                                        n_blocks=vision.num_hidden_layers, skip_prefixes=mmproj_skip_prefixes(mode))
+        planned, skipped = plan_tensors(
+            ckpt.tensors.values(),
+            mmproj_rules(mode),
+            vision,
+            n_blocks=vision.num_hidden_layers,
+            skip_prefixes=mmproj_skip_prefixes(mode),
+        )
     except ToolkitError as err:
         raise type(err)(f"{ckpt.path}: {err}") from err
     out_type = resolve_outtype(outtype, planned)
@@ -83,26 +92,37 @@ def plan_mmproj(checkpoint: Path, *, mode: str = "16x", outtype: str = "f16") ->
     return MMProjPlan(ckpt, vision, mode, out_type, tensors, plan_rows(planned, tensors), skipped)
 
 
-def write_mmproj(plan: MMProjPlan, out: Path, *, overwrite: bool = False, name: str | None = None,
-                 progress: Progress | None = None) -> MMProjResult:
+def write_mmproj(
+    plan: MMProjPlan, out: Path, *, overwrite: bool = False, name: str | None = None, progress: Progress | None = None
+) -> MMProjResult:
     """Write a planned mmproj GGUF atomically (temporary file, then rename)."""
     t0 = time.perf_counter()
-    kvs = [*general_kvs(plan.checkpoint, file_type=int(FILE_TYPES[plan.out_type]), gguf_type="mmproj", name=name),
-           *clip_kvs(plan.vision, plan.mode)]
+    kvs = [
+        *general_kvs(plan.checkpoint, file_type=int(FILE_TYPES[plan.out_type]), gguf_type="mmproj", name=name),
+        *clip_kvs(plan.vision, plan.mode),
+    ]
     n_bytes = write_gguf(Path(out), ARCH, kvs, plan.tensors, overwrite=overwrite, progress=progress)
     return MMProjResult(Path(out), plan, n_bytes, time.perf_counter() - t0)
 
 
-def convert_mmproj(checkpoint: Path, out: Path, *, mode: str = "16x", outtype: str = "f16",
-                   overwrite: bool = False, progress: Progress | None = None) -> MMProjResult:
+def convert_mmproj(
+    checkpoint: Path,
+    out: Path,
+    *,
+    mode: str = "16x",
+    outtype: str = "f16",
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> MMProjResult:
     """plan_mmproj + write_mmproj.
 
     Example:
         >>> convert_mmproj(Path("MiniCPM-V-4_6"), Path("mmproj-16x-f16.gguf"), mode="16x").summary()
     """
     check_output(Path(out), overwrite=overwrite)
-    return write_mmproj(plan_mmproj(checkpoint, mode=mode, outtype=outtype), out, overwrite=overwrite,
-                        progress=progress)
+    return write_mmproj(
+        plan_mmproj(checkpoint, mode=mode, outtype=outtype), out, overwrite=overwrite, progress=progress
+    )
 
 
 def mode_paths(out: Path, modes: list[str]) -> dict[str, Path]:

@@ -17,8 +17,10 @@ SKIP_4X = (V + ".vit_merger.",)  # 4x mode never runs the window-attention merge
 
 
 def _weight_bias(hf: str, gguf: str, weight: Shape, bias: Shape, *, weight_dtype: str = "outtype") -> tuple[Rule, Rule]:
-    return (Rule(f"{hf}.weight", f"{gguf}.weight", weight, dtype=weight_dtype),
-            Rule(f"{hf}.bias", f"{gguf}.bias", bias, dtype="f32"))
+    return (
+        Rule(f"{hf}.weight", f"{gguf}.weight", weight, dtype=weight_dtype),
+        Rule(f"{hf}.bias", f"{gguf}.bias", bias, dtype="f32"),
+    )
 
 
 def _norm(hf: str, gguf: str, width: Shape) -> tuple[Rule, Rule]:
@@ -36,11 +38,20 @@ def mmproj_rules(mode: str) -> tuple[Rule, ...]:
     D4 = lambda c: (4 * c.hidden_size,)  # noqa: E731 - a 2x2 merge concatenates 4 tokens
     rules = [
         # ggml's conv2d takes an F16 or F32 kernel.
-        *_weight_bias(f"{V}.embeddings.patch_embedding", "v.patch_embd",
-                      lambda c: (c.hidden_size, c.num_channels, c.patch_size, c.patch_size), D, weight_dtype="f16|f32"),
+        *_weight_bias(
+            f"{V}.embeddings.patch_embedding",
+            "v.patch_embd",
+            lambda c: (c.hidden_size, c.num_channels, c.patch_size, c.patch_size),
+            D,
+            weight_dtype="f16|f32",
+        ),
         # Kept as the full 70x70 table: clip.cpp looks positions up in it by bucket, never interpolated.
-        Rule(f"{V}.embeddings.position_embedding.weight", "v.position_embd.weight",
-             lambda c: (c.position_grid ** 2, c.hidden_size), dtype="f32"),
+        Rule(
+            f"{V}.embeddings.position_embedding.weight",
+            "v.position_embd.weight",
+            lambda c: (c.position_grid**2, c.hidden_size),
+            dtype="f32",
+        ),
         *_norm(f"{BLK}.layer_norm1", "v.blk.{bid}.ln1", D),
         *_linear(f"{BLK}.self_attn.q_proj", "v.blk.{bid}.attn_q", DD),
         *_linear(f"{BLK}.self_attn.k_proj", "v.blk.{bid}.attn_k", DD),
@@ -72,4 +83,3 @@ def mmproj_rules(mode: str) -> tuple[Rule, ...]:
 
 def mmproj_skip_prefixes(mode: str) -> tuple[str, ...]:
     return SKIP_PREFIXES + (SKIP_4X if mode == "4x" else ())
-

@@ -29,11 +29,13 @@ STOP = ("<|im_end|>", "<|endoftext|>")
 # OpenBMB's recommended sampling for MiniCPM-V 4.6 (its llama.cpp guide), not generation_config.json's.
 SAMPLING = (("temperature", "0.7"), ("top_p", "0.8"), ("top_k", "100"), ("repeat_penalty", "1.05"))
 LM_ARCH, PROJECTOR = "qwen35", "minicpmv4_6"
-HEADER = (f"# MiniCPM-V 4.6 for Ollama >= {OLLAMA_MIN_VERSION}, written by minicpmv-gguf {__version__}.",
-          "#   ollama create NAME -f Modelfile",
-          "# Ollama may render prompts with the LM GGUF's own chat template instead of TEMPLATE (it lists",
-          "# thinking and tools): send \"think\": false (ollama run NAME --think=false) and both give this",
-          "# TEMPLATE's prompt. OLLAMA_GO_TEMPLATE=1 on the server forces TEMPLATE.")
+HEADER = (
+    f"# MiniCPM-V 4.6 for Ollama >= {OLLAMA_MIN_VERSION}, written by minicpmv-gguf {__version__}.",
+    "#   ollama create NAME -f Modelfile",
+    "# Ollama may render prompts with the LM GGUF's own chat template instead of TEMPLATE (it lists",
+    '# thinking and tools): send "think": false (ollama run NAME --think=false) and both give this',
+    "# TEMPLATE's prompt. OLLAMA_GO_TEMPLATE=1 on the server forces TEMPLATE.",
+)
 
 # The model's ChatML in non-thinking mode, as its Jinja template renders it with enable_thinking=false.
 # Ollama has already put each image's [img-N] marker into .Content. A last assistant message is a
@@ -82,22 +84,34 @@ class OllamaPackage:
         return f"ollama create {shlex.quote(self.name)} -f {shlex.quote(str(self.modelfile))}"
 
     def summary(self) -> str:
-        return (f"wrote {self.out}/: Modelfile, {self.lm_file} ({self.placed[0]}), {self.mmproj_file} "
-                f"({self.placed[1]}), {self.n_bytes / 1e6:.1f} MB")
+        return (
+            f"wrote {self.out}/: Modelfile, {self.lm_file} ({self.placed[0]}), {self.mmproj_file} "
+            f"({self.placed[1]}), {self.n_bytes / 1e6:.1f} MB"
+        )
 
 
-def render_modelfile(lm_file: str, mmproj_file: str, *, license: str | None = None, system: str | None = None,
-                     num_ctx: int = DEFAULT_NUM_CTX) -> str:
+def render_modelfile(
+    lm_file: str,
+    mmproj_file: str,
+    *,
+    license: str | None = None,
+    system: str | None = None,
+    num_ctx: int = DEFAULT_NUM_CTX,
+) -> str:
     """The Modelfile text for a package holding `lm_file` and `mmproj_file` beside it.
 
     Example:
         >>> print(render_modelfile("lm.gguf", "mmproj.gguf", license="apache-2.0"))
     """
-    wanted = [Command("from", f"./{lm_file}", 0), Command("from", f"./{mmproj_file}", 0),
-              Command("requires", OLLAMA_MIN_VERSION, 0), Command("template", CHAT_TEMPLATE, 0),
-              *(Command("parameter", s, 0, "stop") for s in STOP),
-              *(Command("parameter", v, 0, k) for k, v in SAMPLING),
-              Command("parameter", str(num_ctx), 0, "num_ctx")]
+    wanted = [
+        Command("from", f"./{lm_file}", 0),
+        Command("from", f"./{mmproj_file}", 0),
+        Command("requires", OLLAMA_MIN_VERSION, 0),
+        Command("template", CHAT_TEMPLATE, 0),
+        *(Command("parameter", s, 0, "stop") for s in STOP),
+        *(Command("parameter", v, 0, k) for k, v in SAMPLING),
+        Command("parameter", str(num_ctx), 0, "num_ctx"),
+    ]
     if system:
         wanted.append(Command("system", system, 0))
     if license:
@@ -123,13 +137,23 @@ def _check_round_trip(c: Command) -> None:
     except OllamaError:
         got = None
     if got is None or (got.instruction, got.key, got.value) != (c.instruction, c.key, c.value):
-        raise OllamaError(f"{c.instruction.upper()} {c.value[:50]!r}: Ollama would not read it back unchanged "
-                          "(a line ending in \"\"\", or a control character)")
+        raise OllamaError(
+            f"{c.instruction.upper()} {c.value[:50]!r}: Ollama would not read it back unchanged "
+            '(a line ending in """, or a control character)'
+        )
 
 
-def package_ollama(lm: Path, mmproj: Path, out: Path, *, name: str = DEFAULT_NAME, link: bool = False,
-                   system: str | None = None, num_ctx: int = DEFAULT_NUM_CTX,
-                   overwrite: bool = False) -> OllamaPackage:
+def package_ollama(
+    lm: Path,
+    mmproj: Path,
+    out: Path,
+    *,
+    name: str = DEFAULT_NAME,
+    link: bool = False,
+    system: str | None = None,
+    num_ctx: int = DEFAULT_NUM_CTX,
+    overwrite: bool = False,
+) -> OllamaPackage:
     """Write `out/` with both GGUFs (copied, or linked with link=True) and a Modelfile for `ollama create`.
 
     Args:
@@ -153,14 +177,17 @@ def package_ollama(lm: Path, mmproj: Path, out: Path, *, name: str = DEFAULT_NAM
     """
     lm, mmproj, out = Path(lm), Path(mmproj), Path(out)
     if not _NAME.fullmatch(name):
-        raise OllamaError(f"--name {name!r}: an Ollama model name is letters, digits, '_', '-' and '.', "
-                          "optionally as namespace/name:tag")
+        raise OllamaError(
+            f"--name {name!r}: an Ollama model name is letters, digits, '_', '-' and '.', "
+            "optionally as namespace/name:tag"
+        )
     if num_ctx < 1:
         raise OllamaError(f"num_ctx {num_ctx}: must be a positive number of tokens")
     license = _check_pair(lm, mmproj)
     _check_out(out, [lm, mmproj], overwrite=overwrite)
-    text = render_modelfile(lm.name, mmproj.name, license=license, system=(system or "").strip() or None,
-                            num_ctx=num_ctx)
+    text = render_modelfile(
+        lm.name, mmproj.name, license=license, system=(system or "").strip() or None, num_ctx=num_ctx
+    )
     tmp = out.parent / f".{out.name}.{os.getpid()}.part"
     try:
         tmp.mkdir()
@@ -189,14 +216,18 @@ def _check_pair(lm: Path, mmproj: Path) -> str | None:
     if lm_kind.kind == "projector" and mm_kind.kind == "model":
         raise OllamaError(f"{lm} is the projector and {mmproj} the LM: swap them (LM first, then --mmproj)")
     if lm_kind.kind != "model" or lm_kind.architecture != LM_ARCH:
-        raise OllamaError(f"{lm}: a {lm_kind.architecture or 'unknown'} {lm_kind.kind} GGUF, not MiniCPM-V 4.6's "
-                          f"{LM_ARCH} LM GGUF (minicpmv-gguf convert writes it)")
+        raise OllamaError(
+            f"{lm}: a {lm_kind.architecture or 'unknown'} {lm_kind.kind} GGUF, not MiniCPM-V 4.6's "
+            f"{LM_ARCH} LM GGUF (minicpmv-gguf convert writes it)"
+        )
     if mm_kind.kind != "projector" or mm_kind.kvs.get("clip.projector_type") != PROJECTOR:
         raise OllamaError(f"{mmproj}: not a {PROJECTOR} mmproj GGUF (minicpmv-gguf mmproj writes it)")
     template = str(lm_kind.kvs.get("tokenizer.chat_template", ""))
     if "<|im_start|>" not in template or "<think>" not in template:
-        raise OllamaError(f"{lm}: tokenizer.chat_template is missing or not MiniCPM-V 4.6's ChatML template, "
-                          "which the Modelfile TEMPLATE reproduces")
+        raise OllamaError(
+            f"{lm}: tokenizer.chat_template is missing or not MiniCPM-V 4.6's ChatML template, "
+            "which the Modelfile TEMPLATE reproduces"
+        )
     license = lm_kind.kvs.get("general.license")
     if not license:
         log.warning("%s has no general.license: the Modelfile gets no LICENSE", lm)

@@ -16,18 +16,53 @@ from typing import Any
 from ..errors import GGUFError, OllamaError
 from ..gguf_io import check_gguf_complete
 
-INSTRUCTIONS = ("from", "adapter", "draft", "license", "message", "parameter", "parser", "renderer", "requires",
-                "system", "template")
+INSTRUCTIONS = (
+    "from",
+    "adapter",
+    "draft",
+    "license",
+    "message",
+    "parameter",
+    "parser",
+    "renderer",
+    "requires",
+    "system",
+    "template",
+)
 MESSAGE_ROLES = ("system", "user", "assistant")
-_INT = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "draft_num_predict", "num_keep", "seed",
-        "num_predict", "top_k", "repeat_last_n")
+_INT = (
+    "num_ctx",
+    "num_batch",
+    "num_gpu",
+    "main_gpu",
+    "num_thread",
+    "draft_num_predict",
+    "num_keep",
+    "seed",
+    "num_predict",
+    "top_k",
+    "repeat_last_n",
+)
 _FLOAT = ("temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "presence_penalty", "frequency_penalty")
 # api.Options' JSON names -> the Go type Ollama parses the value as (strconv, strictly).
-PARAMETER_TYPES = {**dict.fromkeys(_INT, "int"), **dict.fromkeys(_FLOAT, "float"), "use_mmap": "bool",
-                   "stop": "string list"}
+PARAMETER_TYPES = {
+    **dict.fromkeys(_INT, "int"),
+    **dict.fromkeys(_FLOAT, "float"),
+    "use_mmap": "bool",
+    "stop": "string list",
+}
 # Ollama prints a warning for these and ignores them.
-DEPRECATED_PARAMETERS = ("penalize_newline", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mlock",
-                         "mirostat", "mirostat_tau", "mirostat_eta")
+DEPRECATED_PARAMETERS = (
+    "penalize_newline",
+    "low_vram",
+    "f16_kv",
+    "logits_all",
+    "vocab_only",
+    "use_mlock",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
+)
 PROJECTOR_TYPES = ("projector", "mmproj")  # general.type values Ollama stores as a projector layer
 
 _GO_BOOLS = ("1", "t", "T", "TRUE", "true", "True", "0", "f", "F", "FALSE", "false", "False")  # strconv.ParseBool
@@ -158,8 +193,10 @@ class _Parser:
         raw = "".join(self.buf).strip()
         if self.state == _VALUE and not _unquote(raw)[0]:
             quote = '"""' if raw.startswith('"""') else '"'
-            raise ModelfileSyntaxError(self.start, f"{self.instruction.upper()} value opened with {quote} is never "
-                                                   "closed (Ollama: unexpected EOF)")
+            raise ModelfileSyntaxError(
+                self.start,
+                f"{self.instruction.upper()} value opened with {quote} is never closed (Ollama: unexpected EOF)",
+            )
         if self.state == _VALUE:
             self.commands.append(Command(self.instruction, _unquote(raw)[1], self.start, self.key))
         elif self.state not in (_NIL, _COMMENT):
@@ -228,14 +265,17 @@ def _check_parameter(c: Command) -> list[Problem]:
         return [Problem(c.line, f"PARAMETER {c.key} {c.value!r}: invalid {kind} value")]
     if c.key == "stop" and c.value.startswith("["):
         # Not an error to Ollama, but the whole bracket becomes one stop string that never matches.
-        return [Problem(c.line, "PARAMETER stop takes one string per line; this bracket is one literal string",
-                        warning=True)]
+        return [
+            Problem(
+                c.line, "PARAMETER stop takes one string per line; this bracket is one literal string", warning=True
+            )
+        ]
     return []
 
 
 def _is_go_int(s: str) -> bool:
     """strconv.ParseInt(s, 10, 64)."""
-    return re.fullmatch(r"[+-]?[0-9]+", s) is not None and -2**63 <= int(s) < 2**63
+    return re.fullmatch(r"[+-]?[0-9]+", s) is not None and -(2**63) <= int(s) < 2**63
 
 
 def _is_go_float32(s: str) -> bool:
@@ -255,8 +295,7 @@ def _is_go_float32(s: str) -> bool:
     return True
 
 
-_PARSES = {"int": _is_go_int, "float": _is_go_float32, "bool": _GO_BOOLS.__contains__,
-           "string list": lambda _: True}
+_PARSES = {"int": _is_go_int, "float": _is_go_float32, "bool": _GO_BOOLS.__contains__, "string list": lambda _: True}
 
 
 def _is_semver(v: str) -> bool:
@@ -299,19 +338,36 @@ def _classify_from(c: Command, path: Path, found: list[tuple[int, GGUFKind]]) ->
 def _check_layers(found: list[tuple[int, GGUFKind]]) -> list[Problem]:
     """One model, at most one projector: Ollama passes only the first projector to llama-server."""
     models, projectors = ([(line, g) for line, g in found if g.kind == kind] for kind in ("model", "projector"))
-    problems = [Problem(line, f"{g.path.name} is a LoRA adapter (general.type adapter): use ADAPTER, not FROM")
-                for line, g in found if g.kind == "adapter"]
+    problems = [
+        Problem(line, f"{g.path.name} is a LoRA adapter (general.type adapter): use ADAPTER, not FROM")
+        for line, g in found
+        if g.kind == "adapter"
+    ]
     if len(models) > 1:
         names = ", ".join(f"{g.path.name} ({g.architecture})" for _, g in models)
-        problems.append(Problem(models[1][0], f"{len(models)} model GGUFs in FROM ({names}): Ollama imports one "
-                                              "model; the other FROM files must be projectors"))
+        problems.append(
+            Problem(
+                models[1][0],
+                f"{len(models)} model GGUFs in FROM ({names}): Ollama imports one "
+                "model; the other FROM files must be projectors",
+            )
+        )
     if len(projectors) > 1:
         names = ", ".join(g.path.name for _, g in projectors)
-        problems.append(Problem(projectors[1][0], f"{len(projectors)} projector GGUFs in FROM ({names}): "
-                                                  "llama-server takes one --mmproj"))
+        problems.append(
+            Problem(
+                projectors[1][0],
+                f"{len(projectors)} projector GGUFs in FROM ({names}): llama-server takes one --mmproj",
+            )
+        )
     if projectors and not models:
-        problems.append(Problem(projectors[0][0], f"{projectors[0][1].path.name} is a projector but no FROM names "
-                                                  "a model GGUF: add FROM with the language-model GGUF"))
+        problems.append(
+            Problem(
+                projectors[0][0],
+                f"{projectors[0][1].path.name} is a projector but no FROM names "
+                "a model GGUF: add FROM with the language-model GGUF",
+            )
+        )
     return problems
 
 
@@ -324,7 +380,10 @@ def classify_gguf(path: Path) -> GGUFKind:
     kvs = check_gguf_complete(path).kvs  # a truncated GGUF would fail only at `ollama create`
     arch, gtype = str(kvs.get("general.architecture", "")), kvs.get("general.type")
     no_blocks = kvs.get(f"{arch}.block_count", 0) == 0
-    encoder = kvs.get(f"{arch}.vision.block_count", 0) > 0 or arch == "clip" and (
-        kvs.get("clip.has_vision_encoder") or kvs.get("clip.has_audio_encoder"))
+    encoder = (
+        kvs.get(f"{arch}.vision.block_count", 0) > 0
+        or arch == "clip"
+        and (kvs.get("clip.has_vision_encoder") or kvs.get("clip.has_audio_encoder"))
+    )
     projector = gtype in PROJECTOR_TYPES or no_blocks and encoder
     return GGUFKind(path, "adapter" if gtype == "adapter" else "projector" if projector else "model", arch, kvs)

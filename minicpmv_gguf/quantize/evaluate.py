@@ -11,9 +11,9 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -29,8 +29,16 @@ _MAX_UBATCH = 512  # llama.cpp's default physical batch; a larger one can abort 
 class LlamaSession:
     """One GGUF in llama.cpp on the CPU: a context of `n_ctx` tokens fed `n_batch` tokens at a time."""
 
-    def __init__(self, path: Path, *, n_ctx: int, n_batch: int, threads: int | None, log: list[str],
-                 cb_eval: Callable | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        n_ctx: int,
+        n_batch: int,
+        threads: int | None,
+        log: list[str],
+        cb_eval: Callable | None = None,
+    ) -> None:
         import llama_cpp
 
         self.path, self.log, self.model, self.ctx, self.batch = Path(path), log, None, None, None
@@ -117,15 +125,16 @@ class LlamaSession:
         b.n_tokens, n_log = len(tokens), len(self.log)
         rc = llama_cpp.llama_decode(self.ctx, b)
         if rc != 0:
-            raise QuantizeError(f"{self.path}: llama.cpp's decode failed (code {rc}): "
-                                f"{_first_error(self.log[n_log:])}")
+            raise QuantizeError(f"{self.path}: llama.cpp's decode failed (code {rc}): {_first_error(self.log[n_log:])}")
 
     def logits(self, start: int, stop: int) -> np.ndarray:
         """float32 [stop - start, vocab]: a copy of the logits of batch tokens start..stop-1."""
         import llama_cpp
 
-        rows = [np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
-                for i in range(start, stop)]
+        rows = [
+            np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
+            for i in range(start, stop)
+        ]
         return np.stack(rows)
 
 
@@ -145,9 +154,10 @@ def read_chunks(session: LlamaSession, text: Path, ctx: int, max_chunks: int | N
         raise QuantizeError(f"{text}: cannot read the text ({err})") from err
     n = len(ids) // ctx if max_chunks is None else min(len(ids) // ctx, max_chunks)
     if n < 1:
-        raise QuantizeError(f"{text}: {len(ids)} tokens, fewer than one chunk of {ctx}; give more text or a "
-                            "smaller --ctx")
-    chunks = [ids[i * ctx:(i + 1) * ctx] for i in range(n)]
+        raise QuantizeError(
+            f"{text}: {len(ids)} tokens, fewer than one chunk of {ctx}; give more text or a smaller --ctx"
+        )
+    chunks = [ids[i * ctx : (i + 1) * ctx] for i in range(n)]
     bos = session.bos()
     if bos is not None:  # llama-perplexity and llama-imatrix put BOS first in every chunk
         for chunk in chunks:
@@ -158,8 +168,9 @@ def read_chunks(session: LlamaSession, text: Path, ctx: int, max_chunks: int | N
 def check_sizes(ctx: int, batch: int, max_chunks: int | None) -> None:
     """Refuse sizes no run can use, before any model is loaded."""
     if ctx < 2 or batch < 1 or (max_chunks is not None and max_chunks < 1):
-        raise QuantizeError(f"need ctx >= 2, batch >= 1 and chunks >= 1 (got ctx={ctx}, batch={batch}, "
-                            f"chunks={max_chunks})")
+        raise QuantizeError(
+            f"need ctx >= 2, batch >= 1 and chunks >= 1 (got ctx={ctx}, batch={batch}, chunks={max_chunks})"
+        )
 
 
 @dataclass(frozen=True)
@@ -189,19 +200,34 @@ class EvalResult:
         return {**asdict(self), "ppl_ratio": self.ppl_ratio}
 
     def table(self) -> str:
-        rows = [("model", self.model), ("reference", self.ref),
-                ("scored tokens", f"{self.n_scored} ({self.n_chunks} chunks of {self.ctx})"),
-                ("KLD mean", f"{self.kld_mean:.6f}"), ("KLD 99th pct", f"{self.kld_p99:.6f}"),
-                ("KLD max", f"{self.kld_max:.6f}"), ("top-1 agreement", f"{100 * self.top1:.2f} %"),
-                ("PPL model", f"{self.ppl_model:.4f}"), ("PPL reference", f"{self.ppl_ref:.4f}"),
-                ("PPL ratio", f"{self.ppl_ratio:.5f}"), ("logit NMSE", f"{self.nmse:.3e}"),
-                ("time", f"{self.seconds:.1f} s")]
+        rows = [
+            ("model", self.model),
+            ("reference", self.ref),
+            ("scored tokens", f"{self.n_scored} ({self.n_chunks} chunks of {self.ctx})"),
+            ("KLD mean", f"{self.kld_mean:.6f}"),
+            ("KLD 99th pct", f"{self.kld_p99:.6f}"),
+            ("KLD max", f"{self.kld_max:.6f}"),
+            ("top-1 agreement", f"{100 * self.top1:.2f} %"),
+            ("PPL model", f"{self.ppl_model:.4f}"),
+            ("PPL reference", f"{self.ppl_ref:.4f}"),
+            ("PPL ratio", f"{self.ppl_ratio:.5f}"),
+            ("logit NMSE", f"{self.nmse:.3e}"),
+            ("time", f"{self.seconds:.1f} s"),
+        ]
         return "\n".join(f"{k:<16} {v}" for k, v in rows)
 
 
-def evaluate(model: Path, ref: Path, text: Path, *, ctx: int = 512, batch: int = 64,
-             max_chunks: int | None = None, threads: int | None = None,
-             progress: Progress | None = None) -> EvalResult:
+def evaluate(
+    model: Path,
+    ref: Path,
+    text: Path,
+    *,
+    ctx: int = 512,
+    batch: int = 64,
+    max_chunks: int | None = None,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> EvalResult:
     """Compare `model` with `ref` (same tokenizer) on `text`, token by token, in llama.cpp.
 
     The text is cut into chunks of `ctx` tokens, memory reset before each. In every chunk the logits at
@@ -218,9 +244,11 @@ def evaluate(model: Path, ref: Path, text: Path, *, ctx: int = 512, batch: int =
     check_sizes(ctx, batch, max_chunks)
     batch = min(batch, ctx)  # llama.cpp reserves logits for n_batch tokens
     t0 = time.perf_counter()
-    with (captured_llama_log() as log,
-          LlamaSession(ref, n_ctx=ctx, n_batch=batch, threads=threads, log=log) as r,
-          LlamaSession(model, n_ctx=ctx, n_batch=batch, threads=threads, log=log) as m):
+    with (
+        captured_llama_log() as log,
+        LlamaSession(ref, n_ctx=ctx, n_batch=batch, threads=threads, log=log) as r,
+        LlamaSession(model, n_ctx=ctx, n_batch=batch, threads=threads, log=log) as m,
+    ):
         _check_same_tokenizer(r, m)
         chunks = read_chunks(r, text, ctx, max_chunks)
         if chunks != read_chunks(m, text, ctx, max_chunks):
@@ -230,13 +258,13 @@ def evaluate(model: Path, ref: Path, text: Path, *, ctx: int = 512, batch: int =
             r.reset()
             m.reset()
             for start in range(0, ctx, batch):
-                piece = chunk[start:start + batch]
+                piece = chunk[start : start + batch]
                 r.decode(piece, start, all_logits=True)
                 m.decode(piece, start, all_logits=True)
                 n_scored = min(len(piece), ctx - 1 - start)  # the chunk's last position has no next token
                 for g in range(0, n_scored, _ROWS):
                     h = min(g + _ROWS, n_scored)
-                    stats.add(r.logits(g, h), m.logits(g, h), np.asarray(chunk[start + g + 1:start + h + 1]))
+                    stats.add(r.logits(g, h), m.logits(g, h), np.asarray(chunk[start + g + 1 : start + h + 1]))
             if progress:
                 progress(k + 1, len(chunks))
     return stats.result(model, ref, ctx, len(chunks), time.perf_counter() - t0)
@@ -244,12 +272,12 @@ def evaluate(model: Path, ref: Path, text: Path, *, ctx: int = 512, batch: int =
 
 def _check_same_tokenizer(r: LlamaSession, m: LlamaSession) -> None:
     if r.n_vocab != m.n_vocab:
-        raise QuantizeError(f"{m.path} has {m.n_vocab} tokens and {r.path} has {r.n_vocab}; "
-                            "compare files of one model")
+        raise QuantizeError(f"{m.path} has {m.n_vocab} tokens and {r.path} has {r.n_vocab}; compare files of one model")
     diff = next((i for i, (a, b) in enumerate(zip(r.token_texts(), m.token_texts())) if a != b), None)
     if diff is not None:
-        raise QuantizeError(f"{m.path} and {r.path} have different tokenizers (token {diff} differs); "
-                            "compare files of one model")
+        raise QuantizeError(
+            f"{m.path} and {r.path} have different tokenizers (token {diff} differs); compare files of one model"
+        )
 
 
 class _Stats:
@@ -280,10 +308,21 @@ class _Stats:
     def result(self, model: Path, ref: Path, ctx: int, n_chunks: int, seconds: float) -> EvalResult:
         kld = np.concatenate(self.kld)
         var = self.s2 / self.n_logits - (self.s1 / self.n_logits) ** 2
-        return EvalResult(str(model), str(ref), ctx, n_chunks, self.n, float(kld.mean()),
-                          float(np.percentile(kld, 99)), float(kld.max()), self.same_top / self.n,
-                          math.exp(self.nll_model / self.n), math.exp(self.nll_ref / self.n),
-                          self.sq_err / self.n_logits / var, seconds)
+        return EvalResult(
+            str(model),
+            str(ref),
+            ctx,
+            n_chunks,
+            self.n,
+            float(kld.mean()),
+            float(np.percentile(kld, 99)),
+            float(kld.max()),
+            self.same_top / self.n,
+            math.exp(self.nll_model / self.n),
+            math.exp(self.nll_ref / self.n),
+            self.sq_err / self.n_logits / var,
+            seconds,
+        )
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

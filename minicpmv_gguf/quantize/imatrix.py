@@ -19,8 +19,8 @@ from gguf import GGMLQuantizationType, GGUFValueType
 
 from ..errors import QuantizeError
 from ..gguf_io import KV, TensorOut, check_output, write_gguf
-from .evaluate import LlamaSession, Progress, check_sizes, read_chunks
 from ..llama_log import captured_llama_log
+from .evaluate import LlamaSession, Progress, check_sizes, read_chunks
 
 # From ggml/include/ggml.h of the llama.cpp that llama-cpp-python 0.3.36 bundles (GGML_MAX_DIMS 4,
 # GGML_MAX_OP_PARAMS 64, GGML_MAX_SRC 10, GGML_MAX_NAME 64). _check_ggml_abi compares it with the library.
@@ -62,13 +62,23 @@ class ImatrixResult:
     seconds: float
 
     def summary(self) -> str:
-        return (f"wrote {self.out}: importance matrix of {len(self.shapes)} weights from {self.n_chunks} chunks "
-                f"of {self.chunk_size} tokens in {self.seconds:.1f} s")
+        return (
+            f"wrote {self.out}: importance matrix of {len(self.shapes)} weights from {self.n_chunks} chunks "
+            f"of {self.chunk_size} tokens in {self.seconds:.1f} s"
+        )
 
 
-def compute_imatrix(lm_gguf: Path, text: Path, out: Path, *, ctx: int = 512, max_chunks: int | None = None,
-                    threads: int | None = None, overwrite: bool = False,
-                    progress: Progress | None = None) -> ImatrixResult:
+def compute_imatrix(
+    lm_gguf: Path,
+    text: Path,
+    out: Path,
+    *,
+    ctx: int = 512,
+    max_chunks: int | None = None,
+    threads: int | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> ImatrixResult:
     """Run `lm_gguf` over `text` in llama.cpp and write its importance matrix (llama.cpp imatrix GGUF).
 
     The text is tokenized by the model's own tokenizer and cut into chunks of `ctx` tokens; each chunk is
@@ -86,8 +96,10 @@ def compute_imatrix(lm_gguf: Path, text: Path, out: Path, *, ctx: int = 512, max
     t0 = time.perf_counter()
     _check_ggml_abi()
     collector = _Collector()
-    with (captured_llama_log() as log,
-          LlamaSession(lm_gguf, n_ctx=ctx, n_batch=ctx, threads=threads, log=log, cb_eval=collector) as session):
+    with (
+        captured_llama_log() as log,
+        LlamaSession(lm_gguf, n_ctx=ctx, n_batch=ctx, threads=threads, log=log, cb_eval=collector) as session,
+    ):
         arch = _architecture(session)
         chunks = read_chunks(session, text, ctx, max_chunks)
         for k, chunk in enumerate(chunks):
@@ -101,8 +113,7 @@ def compute_imatrix(lm_gguf: Path, text: Path, out: Path, *, ctx: int = 512, max
                 progress(k + 1, len(chunks))
     _check_counts(collector, lm_gguf, len(chunks) * ctx)
     write_gguf(Path(out), arch, _kvs(text, len(chunks), ctx), _tensors(collector), overwrite=overwrite)
-    return ImatrixResult(Path(out), len(chunks), ctx, dict(sorted(collector.shapes.items())),
-                         time.perf_counter() - t0)
+    return ImatrixResult(Path(out), len(chunks), ctx, dict(sorted(collector.shapes.items())), time.perf_counter() - t0)
 
 
 class _Collector:
@@ -136,8 +147,10 @@ class _Collector:
         name = _weight_name(w)
         # ggml_mul_mat's own shape rules: a misread struct fails here, not silently.
         if w.ne[0] != x.ne[0] or t.ne[0] != w.ne[1] or t.ne[1] != x.ne[1] or x.nb[0] != 4 or not x.data:
-            raise QuantizeError(f"{name}: the ggml tensor layout is not the one this toolkit reads; "
-                                "use the llama-cpp-python version it was tested with (0.3.36)")
+            raise QuantizeError(
+                f"{name}: the ggml tensor layout is not the one this toolkit reads; "
+                "use the llama-cpp-python version it was tested with (0.3.36)"
+            )
         n_mat = w.ne[2] * w.ne[3]
         ne, nb = tuple(x.ne)[::-1], tuple(x.nb)[::-1]
         span = sum((n - 1) * s for n, s in zip(ne, nb)) + 4
@@ -168,8 +181,10 @@ def _check_ggml_abi() -> None:
     lib.ggml_tensor_overhead.restype, lib.ggml_tensor_overhead.argtypes = ctypes.c_size_t, []
     op, size = lib.ggml_op_name(GGML_OP_MUL_MAT), lib.ggml_tensor_overhead() - _GGML_OBJECT_SIZE
     if op != b"MUL_MAT" or size != ctypes.sizeof(GgmlTensor):
-        raise QuantizeError(f"unsupported ggml build (op {GGML_OP_MUL_MAT} is {op!r}, ggml_tensor is {size} "
-                            f"bytes, expected MUL_MAT and {ctypes.sizeof(GgmlTensor)}); use llama-cpp-python 0.3.36")
+        raise QuantizeError(
+            f"unsupported ggml build (op {GGML_OP_MUL_MAT} is {op!r}, ggml_tensor is {size} "
+            f"bytes, expected MUL_MAT and {ctypes.sizeof(GgmlTensor)}); use llama-cpp-python 0.3.36"
+        )
 
 
 def _libggml_base() -> ctypes.CDLL:
@@ -188,8 +203,10 @@ def _check_counts(collector: _Collector, lm_gguf: Path, n_tokens: int) -> None:
         raise QuantizeError(f"{lm_gguf}: llama.cpp reported no blk.* matrix multiplications")
     short = sorted(name for name, n in collector.counts.items() if n != n_tokens)
     if short:
-        raise QuantizeError(f"{lm_gguf}: {short[0]} saw {collector.counts[short[0]]} of {n_tokens} tokens; "
-                            "this llama.cpp build skips rows the importance matrix needs")
+        raise QuantizeError(
+            f"{lm_gguf}: {short[0]} saw {collector.counts[short[0]]} of {n_tokens} tokens; "
+            "this llama.cpp build skips rows the importance matrix needs"
+        )
 
 
 def _architecture(session: LlamaSession) -> str:

@@ -13,9 +13,9 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader
@@ -26,12 +26,36 @@ from ..llama_log import captured_llama_log
 
 # llama-quantize's names -> llama_ftype (include/llama.h). MoE-only and ternary types are left out.
 QUANT_TYPES = {
-    "Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q5_1": 9, "Q8_0": 7,
-    "Q2_K": 10, "Q2_K_S": 21, "Q3_K_S": 11, "Q3_K_M": 12, "Q3_K_L": 13, "Q4_K_S": 14, "Q4_K_M": 15,
-    "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18,
-    "IQ1_S": 24, "IQ1_M": 31, "IQ2_XXS": 19, "IQ2_XS": 20, "IQ2_S": 28, "IQ2_M": 29,
-    "IQ3_XXS": 23, "IQ3_XS": 22, "IQ3_S": 26, "IQ3_M": 27, "IQ4_NL": 25, "IQ4_XS": 30,
-    "F16": 1, "BF16": 32, "F32": 0,
+    "Q4_0": 2,
+    "Q4_1": 3,
+    "Q5_0": 8,
+    "Q5_1": 9,
+    "Q8_0": 7,
+    "Q2_K": 10,
+    "Q2_K_S": 21,
+    "Q3_K_S": 11,
+    "Q3_K_M": 12,
+    "Q3_K_L": 13,
+    "Q4_K_S": 14,
+    "Q4_K_M": 15,
+    "Q5_K_S": 16,
+    "Q5_K_M": 17,
+    "Q6_K": 18,
+    "IQ1_S": 24,
+    "IQ1_M": 31,
+    "IQ2_XXS": 19,
+    "IQ2_XS": 20,
+    "IQ2_S": 28,
+    "IQ2_M": 29,
+    "IQ3_XXS": 23,
+    "IQ3_XS": 22,
+    "IQ3_S": 26,
+    "IQ3_M": 27,
+    "IQ4_NL": 25,
+    "IQ4_XS": 30,
+    "F16": 1,
+    "BF16": 32,
+    "F32": 0,
 }
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
 # llama.cpp refuses these without an importance matrix ("the result will be garbage").
@@ -40,8 +64,10 @@ NEEDS_IMATRIX = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_X
 # Named recipes: a base type plus tensors kept at higher precision.
 RECIPES = {
     # Qwen3.5-0.8B measurement: attn_gate, attn_qkv and ssm_out at Q8_0 cut mean KLD 0.036 -> 0.030.
-    "Q4_K_M-sensitive": ("Q4_K_M", {r"attn_gate\.weight": "Q8_0", r"attn_qkv\.weight": "Q8_0",
-                                    r"ssm_out\.weight": "Q8_0"}),
+    "Q4_K_M-sensitive": (
+        "Q4_K_M",
+        {r"attn_gate\.weight": "Q8_0", r"attn_qkv\.weight": "Q8_0", r"ssm_out\.weight": "Q8_0"},
+    ),
 }
 
 
@@ -61,8 +87,10 @@ class QuantizeResult:
         return 8 * self.out_bytes / self.n_params
 
     def summary(self) -> str:
-        return (f"wrote {self.out}: {self.qtype}, {self.out_bytes / 1e6:.1f} MB ({self.bits_per_weight:.2f} bits per "
-                f"weight), from {self.in_bytes / 1e6:.1f} MB in {self.seconds:.1f} s")
+        return (
+            f"wrote {self.out}: {self.qtype}, {self.out_bytes / 1e6:.1f} MB ({self.bits_per_weight:.2f} bits per "
+            f"weight), from {self.in_bytes / 1e6:.1f} MB in {self.seconds:.1f} s"
+        )
 
 
 def resolve_type(name: str) -> str:
@@ -96,10 +124,18 @@ def _ggml_type(name: str) -> GGMLQuantizationType:
         raise QuantizeError(f"unknown tensor type {name!r}") from None
 
 
-def quantize_lm(src: Path, out: Path, *, qtype: str = "Q4_K_M", recipe: str | None = None,
-                tensor_types: dict[str, str] | None = None, imatrix: Path | None = None,
-                threads: int | None = None, overwrite: bool = False,
-                progress: Callable[[int, int], None] | None = None) -> QuantizeResult:
+def quantize_lm(
+    src: Path,
+    out: Path,
+    *,
+    qtype: str = "Q4_K_M",
+    recipe: str | None = None,
+    tensor_types: dict[str, str] | None = None,
+    imatrix: Path | None = None,
+    threads: int | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> QuantizeResult:
     """Quantize an LM GGUF with llama.cpp's quantizer.
 
     Args:
@@ -124,11 +160,20 @@ def quantize_lm(src: Path, out: Path, *, qtype: str = "Q4_K_M", recipe: str | No
     name = resolve_type(qtype)
     overrides.update(tensor_types or {})
     if name in NEEDS_IMATRIX and imatrix is None:
-        raise QuantizeError(f"{name} needs an importance matrix: make one with `minicpmv-gguf imatrix` and pass --imatrix")
+        raise QuantizeError(
+            f"{name} needs an importance matrix: make one with `minicpmv-gguf imatrix` and pass --imatrix"
+        )
     n_params = _check_input(src)
     with atomic_output(out, overwrite=overwrite) as tmp:
-        _run_quantizer(src, tmp, QUANT_TYPES[name], overrides, load_imatrix(imatrix) if imatrix else None, threads,
-                       _tensor_progress(src, progress) if progress else None)
+        _run_quantizer(
+            src,
+            tmp,
+            QUANT_TYPES[name],
+            overrides,
+            load_imatrix(imatrix) if imatrix else None,
+            threads,
+            _tensor_progress(src, progress) if progress else None,
+        )
         out_bytes = tmp.stat().st_size
     return QuantizeResult(out, name, src.stat().st_size, out_bytes, n_params, time.perf_counter() - t0)
 
@@ -140,8 +185,10 @@ def _check_input(src: Path) -> int:
     header = check_gguf_complete(src)  # truncated: refused by name, before llama.cpp reads it
     kv, tensors = header.kvs, header.tensors
     if kv.get("general.architecture") == "clip":
-        raise QuantizeError(f"{src}: is an mmproj GGUF; llama.cpp's quantizer handles LM GGUFs only "
-                            "(write the mmproj with `minicpmv-gguf mmproj --outtype q8_0` instead)")
+        raise QuantizeError(
+            f"{src}: is an mmproj GGUF; llama.cpp's quantizer handles LM GGUFs only "
+            "(write the mmproj with `minicpmv-gguf mmproj --outtype q8_0` instead)"
+        )
     quantized = sorted({t.ggml_type for t in tensors} - {"F32", "F16", "BF16"})
     if quantized:
         raise QuantizeError(f"{src}: already quantized ({', '.join(quantized)}); start from the F16/BF16/F32 GGUF")
@@ -164,8 +211,11 @@ def load_imatrix(path: Path) -> dict[str, np.ndarray]:
                 raise QuantizeError(f"{path}: {weight}.in_sum2 has no {weight}.counts")
             sums = sums.reshape(counts.size, -1)
             # Like llama-quantize: average over the tokens seen; a never-seen matrix weighs 1.
-            out[weight] = np.where(counts.reshape(-1, 1) > 0, sums / np.maximum(counts.reshape(-1, 1), 1), 1.0
-                                   ).astype(np.float32).ravel()
+            out[weight] = (
+                np.where(counts.reshape(-1, 1) > 0, sums / np.maximum(counts.reshape(-1, 1), 1), 1.0)
+                .astype(np.float32)
+                .ravel()
+            )
     if not out:
         raise QuantizeError(f"{path}: no importance matrix entries (*.in_sum2)")
     return out
@@ -192,9 +242,15 @@ _FULL_DISK_BYTES = 1 << 20
 _TENSOR_LINE = re.compile(r"\[\s*\d+/\s*\d+\]\s+(\S+)")
 
 
-def _run_quantizer(src: Path, dst: Path, ftype: int, overrides: dict[str, str],
-                   imatrix: dict[str, np.ndarray] | None, threads: int | None,
-                   on_line: Callable[[str], None] | None = None) -> None:
+def _run_quantizer(
+    src: Path,
+    dst: Path,
+    ftype: int,
+    overrides: dict[str, str],
+    imatrix: dict[str, np.ndarray] | None,
+    threads: int | None,
+    on_line: Callable[[str], None] | None = None,
+) -> None:
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
@@ -223,6 +279,8 @@ def _run_quantizer(src: Path, dst: Path, ftype: int, overrides: dict[str, str],
         if shutil.disk_usage(dst.parent).free < _FULL_DISK_BYTES:
             # llama.cpp reports a failed write only as "iostream error"; atomic_output names the file.
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
-        reason = next((line for line in reversed(log) if "error" in line.lower() or "missing" in line.lower()),
-                      log[-1] if log else "no message")
+        reason = next(
+            (line for line in reversed(log) if "error" in line.lower() or "missing" in line.lower()),
+            log[-1] if log else "no message",
+        )
         raise QuantizeError(f"{src}: llama.cpp's quantizer failed: {reason.strip()}")

@@ -38,8 +38,20 @@ class _Prompt:
 class ChatSession:
     """A conversation with the model (see Model.chat); not thread-safe."""
 
-    def __init__(self, model: Model, *, detail: str | None, thinking: bool, sampling: Sampling, system: str | None,
-                 max_tokens: int, n_ctx: int, n_batch: int, keep_vision: bool, max_frames: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: Model,
+        *,
+        detail: str | None,
+        thinking: bool,
+        sampling: Sampling,
+        system: str | None,
+        max_tokens: int,
+        n_ctx: int,
+        n_batch: int,
+        keep_vision: bool,
+        max_frames: int,
+    ) -> None:
         if max_tokens < 1:
             raise InputError(f"max_tokens must be at least 1, got {max_tokens}")
         self.model, self.mmproj = model, model.mmproj_for(detail)
@@ -68,8 +80,14 @@ class ChatSession:
         """The conversation so far, as the chat template sees it."""
         return [dict(m) for m in self._messages]
 
-    def send(self, text: str, images: Sequence[ImageSource] = (), *, video: str | Path | None = None,
-             max_tokens: int | None = None) -> Reply:  # fmt: skip
+    def send(
+        self,
+        text: str,
+        images: Sequence[ImageSource] = (),
+        *,
+        video: str | Path | None = None,
+        max_tokens: int | None = None,
+    ) -> Reply:
         """Ask one question (with images and/or a video) and wait for the whole reply.
 
         Args:
@@ -92,8 +110,14 @@ class ChatSession:
         assert self.last_reply is not None
         return self.last_reply
 
-    def stream(self, text: str, images: Sequence[ImageSource] = (), *, video: str | Path | None = None,
-               max_tokens: int | None = None) -> Iterator[str]:  # fmt: skip
+    def stream(
+        self,
+        text: str,
+        images: Sequence[ImageSource] = (),
+        *,
+        video: str | Path | None = None,
+        max_tokens: int | None = None,
+    ) -> Iterator[str]:
         """Like `send`, but yields the reply's text as it is generated; `last_reply` holds the Reply after.
 
         Images and the video are read now (errors raise here); the prompt is evaluated on the first
@@ -107,8 +131,9 @@ class ChatSession:
         self._active = self._turn(text, pictures, frames, max_tokens or self.max_tokens)
         return self._active
 
-    def prompt_ids(self, text: str, images: Sequence[ImageSource] = (), *,
-                   video: str | Path | None = None) -> list[int]:
+    def prompt_ids(
+        self, text: str, images: Sequence[ImageSource] = (), *, video: str | Path | None = None
+    ) -> list[int]:
         """The prompt `send` would evaluate for this question (the whole conversation and the generation
         prompt) as token ids, each image-embedding position as -1. Nothing is evaluated or kept."""
         pictures, frames = self._read_media(images, video)
@@ -165,8 +190,14 @@ class ChatSession:
             cached, encoded = self._prefill(prompt, clock)
             if not self.keep_vision:
                 self._release_media(keep_vision=False)
-            yield from self._generate(prompt, clock, max_tokens, cached, encoded,
-                                      commit=lambda reply: self._commit(message, pictures, frames, reply))  # fmt: skip
+            yield from self._generate(
+                prompt,
+                clock,
+                max_tokens,
+                cached,
+                encoded,
+                commit=lambda reply: self._commit(message, pictures, frames, reply),
+            )
         finally:
             self._release_media(keep_vision=self.keep_vision)
             self._active = None
@@ -176,8 +207,9 @@ class ChatSession:
         self._images += pictures
         self._videos += [frames] if frames is not None else []
 
-    def _build(self, messages: list[Message], images: list[Picture], videos: list[list[Picture]],
-               clock: Clock) -> _Prompt:
+    def _build(
+        self, messages: list[Message], images: list[Picture], videos: list[list[Picture]], clock: Clock
+    ) -> _Prompt:
         """Render, lay out and tokenize the prompt; new pictures are preprocessed by libmtmd (not encoded)."""
         rendered = self.template.render(messages, enable_thinking=self.thinking)
         segments = layout(rendered, images, videos)
@@ -235,9 +267,11 @@ class ChatSession:
         """Encode what is new and evaluate it; returns (cached positions, pictures encoded)."""
         n = len(prompt.keys)
         if n >= self.context.n_ctx:
-            raise InputError(f"the prompt needs {n} tokens ({prompt.image_tokens} for images) but the context "
-                             f"holds {self.context.n_ctx}; shorten it, use fewer or smaller images, or a larger "
-                             "context")  # fmt: skip
+            raise InputError(
+                f"the prompt needs {n} tokens ({prompt.image_tokens} for images) but the context "
+                f"holds {self.context.n_ctx}; shorten it, use fewer or smaller images, or a larger "
+                "context"
+            )
         start = self.cache.rewind(prompt.keys)
         embeddings, encoded = {}, set()
         for pos, unit in self._units(prompt):
@@ -273,8 +307,9 @@ class ChatSession:
                 with self.cache.extending(prompt.keys[a:b]):
                     self.context.decode(tokens[a - pos : b - pos], a, logits_last=last and b == end)
 
-    def _generate(self, prompt: _Prompt, clock: Clock, max_tokens: int, cached: int, encoded: int,
-                  commit) -> Iterator[str]:  # fmt: skip
+    def _generate(
+        self, prompt: _Prompt, clock: Clock, max_tokens: int, cached: int, encoded: int, commit
+    ) -> Iterator[str]:
         clock.switch("decode")
         sampler, out = Sampler(self.sampling, prompt.text_tokens, self.model.lm.n_vocab), TextStream(self.model.lm)
         tokens: list[int] = []
@@ -305,12 +340,31 @@ class ChatSession:
             commit(raw)
             self.last_reply = self._reply(raw, tokens, stop, prompt, clock, cached, encoded, first)
 
-    def _reply(self, raw: str, tokens: list[int], stop: str, prompt: _Prompt, clock: Clock, cached: int,
-               encoded: int, first: float) -> Reply:  # fmt: skip
+    def _reply(
+        self,
+        raw: str,
+        tokens: list[int],
+        stop: str,
+        prompt: _Prompt,
+        clock: Clock,
+        cached: int,
+        encoded: int,
+        first: float,
+    ) -> Reply:
         reasoning, answer = split_reasoning(raw)
         s = clock.spent
-        timings = Timings(len(prompt.keys), prompt.image_tokens, cached, len(tokens), encoded, s["encode"],
-                          s["prefill"], s["decode"], first or clock.elapsed(), clock.elapsed())  # fmt: skip
+        timings = Timings(
+            len(prompt.keys),
+            prompt.image_tokens,
+            cached,
+            len(tokens),
+            encoded,
+            s["encode"],
+            s["prefill"],
+            s["decode"],
+            first or clock.elapsed(),
+            clock.elapsed(),
+        )
         return Reply(answer, reasoning, tuple(tokens), stop, timings)
 
     def _release_media(self, *, keep_vision: bool) -> None:

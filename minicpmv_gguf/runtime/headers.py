@@ -23,16 +23,23 @@ _ARRAY_HEAD = 4096  # array items kept from the header: all of an mmproj's (mean
 _U32 = ("UINT32",)
 # Keys clip.cpp reads with typed getters that GGML_ASSERT the stored type (spec: llamacpp-spec §2.1).
 _CLIP_TYPES = {
-    "clip.vision.projection_dim": _U32, "clip.vision.image_size": _U32, "clip.vision.patch_size": _U32,
-    "clip.vision.embedding_length": _U32, "clip.vision.feed_forward_length": _U32,
-    "clip.vision.block_count": _U32, "clip.vision.attention.head_count": _U32,
-    "clip.vision.attention.layer_norm_epsilon": ("FLOAT32",), "clip.has_vision_encoder": ("BOOL",),
-}  # fmt: skip
+    "clip.vision.projection_dim": _U32,
+    "clip.vision.image_size": _U32,
+    "clip.vision.patch_size": _U32,
+    "clip.vision.embedding_length": _U32,
+    "clip.vision.feed_forward_length": _U32,
+    "clip.vision.block_count": _U32,
+    "clip.vision.attention.head_count": _U32,
+    "clip.vision.attention.layer_norm_epsilon": ("FLOAT32",),
+    "clip.has_vision_encoder": ("BOOL",),
+}
 _CLIP_OPTIONAL_TYPES = {
-    "clip.vision.projector.scale_factor": _U32, "clip.use_gelu": ("BOOL",),
-    "clip.vision.image_mean": ("ARRAY", "FLOAT32"), "clip.vision.image_std": ("ARRAY", "FLOAT32"),
+    "clip.vision.projector.scale_factor": _U32,
+    "clip.use_gelu": ("BOOL",),
+    "clip.vision.image_mean": ("ARRAY", "FLOAT32"),
+    "clip.vision.image_std": ("ARRAY", "FLOAT32"),
     "clip.vision.wa_layer_indexes": ("ARRAY", "INT32"),
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -109,10 +116,16 @@ def read_lm_header(path: Path) -> LMHeader:
     if not isinstance(n_embd, int):
         raise ModelLoadError(f"{path}: no {LM_ARCH}.embedding_length key; the file is incomplete")
     if not isinstance(template, str) or not template.strip():
-        raise ModelLoadError(f"{path}: no tokenizer.chat_template; convert the checkpoint again with "
-                             "`minicpmv-gguf convert`")  # fmt: skip
-    return LMHeader(Path(path), n_embd, int(_value(header, f"{LM_ARCH}.context_length") or 0), template,
-                    _value(header, "general.file_type"))  # fmt: skip
+        raise ModelLoadError(
+            f"{path}: no tokenizer.chat_template; convert the checkpoint again with `minicpmv-gguf convert`"
+        )
+    return LMHeader(
+        Path(path),
+        n_embd,
+        int(_value(header, f"{LM_ARCH}.context_length") or 0),
+        template,
+        _value(header, "general.file_type"),
+    )
 
 
 def read_mmproj_header(path: Path) -> MmprojHeader:
@@ -133,10 +146,17 @@ def read_mmproj_header(path: Path) -> MmprojHeader:
     scale = _value(header, "clip.vision.projector.scale_factor")
     scale = 4 if scale is None else scale
     if scale not in MODE_BY_SCALE:
-        raise ModelLoadError(f"{path}: clip.vision.projector.scale_factor is {scale}; libmtmd accepts 4 (16x) or 2 (4x)")
+        raise ModelLoadError(
+            f"{path}: clip.vision.projector.scale_factor is {scale}; libmtmd accepts 4 (16x) or 2 (4x)"
+        )
     _check_tensors(header, path)
-    return MmprojHeader(Path(path), MODE_BY_SCALE[scale], _value(header, "clip.vision.projection_dim"),
-                        _value(header, "clip.vision.image_size"), _value(header, "clip.vision.patch_size"))
+    return MmprojHeader(
+        Path(path),
+        MODE_BY_SCALE[scale],
+        _value(header, "clip.vision.projection_dim"),
+        _value(header, "clip.vision.image_size"),
+        _value(header, "clip.vision.patch_size"),
+    )
 
 
 def _check_types(header: GGUFHeader, path: Path) -> None:

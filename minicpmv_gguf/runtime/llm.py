@@ -83,8 +83,9 @@ class Context:
         self.lm, self.n_batch, self.batch = lm, n_batch, None
         self.ctx = llama_cpp.llama_init_from_model(lm.model, params)
         if not self.ctx:
-            raise ModelLoadError(f"{lm.header.path}: llama.cpp cannot make a {n_ctx}-token context: "
-                                 f"{last_native_error()}")  # fmt: skip
+            raise ModelLoadError(
+                f"{lm.header.path}: llama.cpp cannot make a {n_ctx}-token context: {last_native_error()}"
+            )
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self.memory = llama_cpp.llama_get_memory(self.ctx)
@@ -115,8 +116,10 @@ class Context:
     def check_decode(self, rc: int) -> None:
         """Raise for a llama_decode return code (0 is success)."""
         if rc == 1:  # no memory slot: the context is full
-            raise InputError(f"the conversation no longer fits the {self.n_ctx}-token context; reset it or "
-                             "open the model with a larger n_ctx")  # fmt: skip
+            raise InputError(
+                f"the conversation no longer fits the {self.n_ctx}-token context; reset it or "
+                "open the model with a larger n_ctx"
+            )
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}: {last_native_error()}")
 

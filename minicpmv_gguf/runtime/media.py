@@ -185,8 +185,10 @@ def _pyav_frames(path: Path, max_frames: int) -> list[Picture]:
     try:
         import av
     except ImportError as err:
-        raise InputError(f"{path}: reading this video needs PyAV, which is not installed: pip install av "
-                         "(animated GIF, WebP and PNG files work without it)") from err  # fmt: skip
+        raise InputError(
+            f"{path}: reading this video needs PyAV, which is not installed: pip install av "
+            "(animated GIF, WebP and PNG files work without it)"
+        ) from err
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:

@@ -35,13 +35,25 @@ class Model:
         mode = DETAIL_MODES[detail]
         if mode not in self.mmprojs:
             given = ", ".join(f"{h.path} ({m})" for m, h in self.mmprojs.items()) or "none"
-            raise InputError(f"detail {detail!r} needs a {mode} mmproj GGUF; given: {given} "
-                             f"(make one with `minicpmv-gguf mmproj CHECKPOINT --mode {mode}`)")  # fmt: skip
+            raise InputError(
+                f"detail {detail!r} needs a {mode} mmproj GGUF; given: {given} "
+                f"(make one with `minicpmv-gguf mmproj CHECKPOINT --mode {mode}`)"
+            )
         return self.mmprojs[mode]
 
-    def chat(self, *, detail: str | None = None, thinking: bool = False, sampling: Sampling = Sampling(),
-             system: str | None = None, max_tokens: int = 1024, n_ctx: int = 4096, n_batch: int = 512,
-             keep_vision: bool = False, max_frames: int = DEFAULT_MAX_FRAMES) -> ChatSession:  # fmt: skip
+    def chat(
+        self,
+        *,
+        detail: str | None = None,
+        thinking: bool = False,
+        sampling: Sampling = Sampling(),
+        system: str | None = None,
+        max_tokens: int = 1024,
+        n_ctx: int = 4096,
+        n_batch: int = 512,
+        keep_vision: bool = False,
+        max_frames: int = DEFAULT_MAX_FRAMES,
+    ) -> ChatSession:
         """A new conversation with its own context (KV cache and recurrent state) of `n_ctx` tokens.
 
         Args:
@@ -61,9 +73,18 @@ class Model:
         """
         if n_ctx < 16 or n_batch < 1:
             raise InputError(f"n_ctx must be >= 16 and n_batch >= 1, got {n_ctx} and {n_batch}")
-        return ChatSession(self, detail=detail, thinking=thinking, sampling=sampling, system=system,
-                           max_tokens=max_tokens, n_ctx=n_ctx, n_batch=n_batch, keep_vision=keep_vision,
-                           max_frames=max_frames)  # fmt: skip
+        return ChatSession(
+            self,
+            detail=detail,
+            thinking=thinking,
+            sampling=sampling,
+            system=system,
+            max_tokens=max_tokens,
+            n_ctx=n_ctx,
+            n_batch=n_batch,
+            keep_vision=keep_vision,
+            max_frames=max_frames,
+        )
 
     def close(self) -> None:
         self.lm.close()
@@ -75,8 +96,9 @@ class Model:
         self.close()
 
 
-def open_model(lm: Path, mmproj: Path | Sequence[Path] = (), *, threads: int | None = None,
-               mmap: bool = False) -> Model:  # fmt: skip
+def open_model(
+    lm: Path, mmproj: Path | Sequence[Path] = (), *, threads: int | None = None, mmap: bool = False
+) -> Model:
     """Check and load a MiniCPM-V 4.6 LM GGUF and up to one mmproj GGUF per mode (16x, 4x).
 
     Every header is checked before llama.cpp or libmtmd opens anything: the LM is a qwen35 GGUF with
@@ -108,8 +130,10 @@ def open_model(lm: Path, mmproj: Path | Sequence[Path] = (), *, threads: int | N
         mm = read_mmproj_header(path)
         check_pair(header, mm)
         if mm.mode in mmprojs:
-            raise ModelLoadError(f"{path} and {mmprojs[mm.mode].path} are both {mm.mode} mmproj GGUFs; "
-                                 "give at most one per mode (16x and 4x)")  # fmt: skip
+            raise ModelLoadError(
+                f"{path} and {mmprojs[mm.mode].path} are both {mm.mode} mmproj GGUFs; "
+                "give at most one per mode (16x and 4x)"
+            )
         mmprojs[mm.mode] = mm
     if threads is not None and threads < 1:
         raise InputError(f"threads must be at least 1, got {threads}")

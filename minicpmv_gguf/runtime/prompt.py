@@ -66,8 +66,9 @@ class ChatTemplate:
         from jinja2.exceptions import TemplateError
 
         try:
-            return self._compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         enable_thinking=enable_thinking)  # fmt: skip
+            return self._compiled.render(
+                messages=messages, add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking
+            )
         except TemplateError as err:
             raise InputError(f"the chat template rejected the conversation: {err}") from err
 
@@ -98,9 +99,11 @@ def layout(text: str, images: list[Picture], videos: list[list[Picture]]) -> lis
     """
     counts = text.count(IMAGE_PAD), text.count(VIDEO_PAD)
     if counts != (len(images), len(videos)):
-        raise InputError(f"the prompt has {counts[0]} image and {counts[1]} video placeholders for "
-                         f"{len(images)} images and {len(videos)} videos; is {IMAGE_PAD} or {VIDEO_PAD} "
-                         "written in a message?")  # fmt: skip
+        raise InputError(
+            f"the prompt has {counts[0]} image and {counts[1]} video placeholders for "
+            f"{len(images)} images and {len(videos)} videos; is {IMAGE_PAD} or {VIDEO_PAD} "
+            "written in a message?"
+        )
     segments: list[Segment] = []
     pending, pos, next_image, next_video = "", 0, 0, 0
     while True:

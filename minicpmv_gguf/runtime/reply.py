@@ -34,14 +34,20 @@ class Timings:
         return self.generated_tokens / self.decode_s if self.decode_s else 0.0
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "text_tokens": self.text_tokens, "prefill_tokens_per_s": self.prefill_tokens_per_s,
-                "decode_tokens_per_s": self.decode_tokens_per_s}  # fmt: skip
+        return {
+            **asdict(self),
+            "text_tokens": self.text_tokens,
+            "prefill_tokens_per_s": self.prefill_tokens_per_s,
+            "decode_tokens_per_s": self.decode_tokens_per_s,
+        }
 
     def summary(self) -> str:
-        return (f"{self.prompt_tokens} prompt tokens ({self.image_tokens} image, {self.cached_tokens} cached), "
-                f"{self.generated_tokens} generated; encode {self.encode_s:.2f} s, prefill {self.prefill_s:.2f} s "
-                f"({self.prefill_tokens_per_s:.0f} tok/s), decode {self.decode_s:.2f} s "
-                f"({self.decode_tokens_per_s:.1f} tok/s)")  # fmt: skip
+        return (
+            f"{self.prompt_tokens} prompt tokens ({self.image_tokens} image, {self.cached_tokens} cached), "
+            f"{self.generated_tokens} generated; encode {self.encode_s:.2f} s, prefill {self.prefill_s:.2f} s "
+            f"({self.prefill_tokens_per_s:.0f} tok/s), decode {self.decode_s:.2f} s "
+            f"({self.decode_tokens_per_s:.1f} tok/s)"
+        )
 
 
 @dataclass(frozen=True)

@@ -29,12 +29,15 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        checks = [(self.temperature >= 0, "temperature must be >= 0"), (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-                  (self.top_k >= 0, "top_k must be >= 0 (0 turns it off)"),
-                  (self.repeat_penalty > 0, "repeat_penalty must be > 0 (1 turns it off)"),
-                  (self.repeat_last_n >= 0, "repeat_last_n must be >= 0"),
-                  (0 <= self.min_p < 1, "min_p must be in [0, 1)"),
-                  (self.seed is None or 0 <= self.seed < 2**32 - 1, "seed must be in [0, 2^32 - 2]")]  # fmt: skip
+        checks = [
+            (self.temperature >= 0, "temperature must be >= 0"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.top_k >= 0, "top_k must be >= 0 (0 turns it off)"),
+            (self.repeat_penalty > 0, "repeat_penalty must be > 0 (1 turns it off)"),
+            (self.repeat_last_n >= 0, "repeat_last_n must be >= 0"),
+            (0 <= self.min_p < 1, "min_p must be in [0, 1)"),
+            (self.seed is None or 0 <= self.seed < 2**32 - 1, "seed must be in [0, 2^32 - 2]"),
+        ]
         for ok, message in checks:
             if not ok:
                 raise InputError(f"{message}, got {self!r}")

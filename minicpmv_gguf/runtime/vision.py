@@ -107,12 +107,15 @@ class Vision:
         media = MediaChunks(handle, [])
         if rc != 0:
             media.close()
-            raise InputError(f"libmtmd could not preprocess a {rgb.shape[1]}x{rgb.shape[0]} image "
-                             f"(code {rc}): {last_native_error()}")  # fmt: skip
+            raise InputError(
+                f"libmtmd could not preprocess a {rgb.shape[1]}x{rgb.shape[0]} image (code {rc}): {last_native_error()}"
+            )
         for i in range(mtmd.mtmd_input_chunks_size(handle)):
             chunk = mtmd.mtmd_input_chunks_get(handle, i)
             if is_image_chunk(chunk):
-                part = ImagePart(chunk, mtmd.mtmd_input_chunk_get_n_tokens(chunk), mtmd.mtmd_input_chunk_get_n_pos(chunk))
+                part = ImagePart(
+                    chunk, mtmd.mtmd_input_chunk_get_n_tokens(chunk), mtmd.mtmd_input_chunk_get_n_pos(chunk)
+                )
                 media.parts.append(part)
             else:
                 media.parts.append(chunk_text_tokens(chunk))
@@ -135,8 +138,16 @@ class Vision:
         embd = np.ascontiguousarray(embd, dtype=np.float32)
         new_n_past = llama_cpp.llama_pos(0)
         rc = mtmd.mtmd_helper_decode_image_chunk(
-            self.ctx, context.ctx, part.chunk, embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), pos0, 0,
-            context.n_batch, ctypes.byref(new_n_past), mtmd.mtmd_helper_post_decode_callback(), None,
-        )  # fmt: skip
+            self.ctx,
+            context.ctx,
+            part.chunk,
+            embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+            pos0,
+            0,
+            context.n_batch,
+            ctypes.byref(new_n_past),
+            mtmd.mtmd_helper_post_decode_callback(),
+            None,
+        )
         context.check_decode(rc)
         assert new_n_past.value == pos0 + part.n_pos, (new_n_past.value, pos0, part.n_pos)

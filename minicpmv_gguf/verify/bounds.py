@@ -18,8 +18,15 @@ LM_FLOAT = {"F32": (1e-6, 0.999), "F16": (1e-4, 0.98), "BF16": (5e-3, 0.90), "Q8
 # Measured on the k-quant-wide tiny checkpoint: Q8_0 0.012 / 74 %, Q6_K 0.070 / 47 %, Q5_K_M 0.11 / 38 %,
 # Q4_K_M 0.23 / 21 %, Q4_0 0.37 / 11 %, Q3_K_M 0.46 / 7 %, Q2_K 0.73 / 2 %; an unrelated model of the
 # same shape: 1.0 / 0.1 %. (Qwen3.5-0.8B's trained weights at Q4_K_M: 0.036 against F16.)
-LM_QUANT = {"Q8": (0.05, 0.50), "Q6": (0.15, 0.25), "Q5": (0.25, 0.15), "Q4": (0.5, 0.05), "IQ4": (0.5, 0.05),
-            "Q3": (0.8, 0.0), "IQ3": (0.8, 0.0)}
+LM_QUANT = {
+    "Q8": (0.05, 0.50),
+    "Q6": (0.15, 0.25),
+    "Q5": (0.25, 0.15),
+    "Q4": (0.5, 0.05),
+    "IQ4": (0.5, 0.05),
+    "Q3": (0.8, 0.0),
+    "IQ3": (0.8, 0.0),
+}
 LM_QUANT_LOWEST = (0.95, 0.0)  # 2 bits and below: only a broken file is caught
 
 # mmproj GGUF: (min per-token cosine, max per-chunk NMSE), 5-15x from the worst measured over the vision

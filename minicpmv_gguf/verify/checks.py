@@ -24,8 +24,17 @@ from ..build.workdir import BuildLock
 from ..errors import VerifyError
 from ..gguf_io import read_gguf_header
 from .bounds import lm_float_bounds, lm_quant_bounds, mmproj_bounds
-from .reference import (N_THREADS, hf_logits, kl_divergence, llama_logits, load_llama, load_processor,
-                        load_reference_model, make_image, nmse)
+from .reference import (
+    N_THREADS,
+    hf_logits,
+    kl_divergence,
+    llama_logits,
+    load_llama,
+    load_processor,
+    load_reference_model,
+    make_image,
+    nmse,
+)
 from .texts import chat_prompts, tokenizer_strings
 
 log = logging.getLogger(__name__)
@@ -65,18 +74,25 @@ class VerifyReport:
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
         lines.insert(1, "  ".join("-" * w for w in widths))
         failed = sum(not r.ok for r in self.rows)
-        lines.append(f"{self.build_dir} against {self.checkpoint}: " +
-                     (f"all {len(self.rows)} checks passed" if not failed else f"{failed} of {len(self.rows)} checks FAILED")
-                     + f" ({self.seconds:.1f} s)")
+        lines.append(
+            f"{self.build_dir} against {self.checkpoint}: "
+            + (f"all {len(self.rows)} checks passed" if not failed else f"{failed} of {len(self.rows)} checks FAILED")
+            + f" ({self.seconds:.1f} s)"
+        )
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"checkpoint": self.checkpoint, "ok": self.ok, "seconds": round(self.seconds, 2),
-                "rows": [asdict(r) for r in self.rows]}
+        return {
+            "checkpoint": self.checkpoint,
+            "ok": self.ok,
+            "seconds": round(self.seconds, 2),
+            "rows": [asdict(r) for r in self.rows],
+        }
 
 
-def verify(build_dir: Path, checkpoint: str | Path | None = None, *, threads: int | None = None,
-           record: bool = True) -> VerifyReport:
+def verify(
+    build_dir: Path, checkpoint: str | Path | None = None, *, threads: int | None = None, record: bool = True
+) -> VerifyReport:
     """Run every check of `build_dir` against `checkpoint` (default: the build's own source).
 
     Args:
@@ -109,8 +125,9 @@ def verify(build_dir: Path, checkpoint: str | Path | None = None, *, threads: in
             rows += _logit_rows(build_dir / name, files[name].get("file_type"), prompts, refs, threads)
         del refs
         for name in mmprojs:
-            rows += _image_rows(build_dir / name, build_dir / lm_main, files[name].get("file_type"), model,
-                                processor, threads)
+            rows += _image_rows(
+                build_dir / name, build_dir / lm_main, files[name].get("file_type"), model, processor, threads
+            )
         report = VerifyReport(build_dir, src.describe(), rows, time.perf_counter() - t0)
         if record:
             verified = {n: sha256_file(build_dir / n) for n in files if (build_dir / n).is_file()}
@@ -124,11 +141,14 @@ def _require_reference() -> None:
         import torch  # noqa: F401
         import transformers
     except ImportError as err:
-        raise VerifyError(f"verify compares the GGUFs with the PyTorch reference, which needs torch and transformers "
-                          f"({err.name} is not installed): pip install torch transformers") from None
+        raise VerifyError(
+            f"verify compares the GGUFs with the PyTorch reference, which needs torch and transformers "
+            f"({err.name} is not installed): pip install torch transformers"
+        ) from None
     if not hasattr(transformers, "MiniCPMV4_6ForConditionalGeneration"):
-        raise VerifyError(f"transformers {transformers.__version__} has no MiniCPM-V 4.6 model; install "
-                          "transformers>=5.23")
+        raise VerifyError(
+            f"transformers {transformers.__version__} has no MiniCPM-V 4.6 model; install transformers>=5.23"
+        )
 
 
 def _files_row(build_dir: Path, manifest: dict) -> Check:
@@ -143,16 +163,23 @@ def _files_row(build_dir: Path, manifest: dict) -> Check:
         if not intact:
             bad.append(name)
     n = len(manifest["files"])
-    return Check("files", f"{n} files", "size + sha256 as recorded", f"{n - len(bad)}/{n}" +
-                 (f" ({', '.join(bad)} changed)" if bad else ""), "all", not bad)
+    return Check(
+        "files",
+        f"{n} files",
+        "size + sha256 as recorded",
+        f"{n - len(bad)}/{n}" + (f" ({', '.join(bad)} changed)" if bad else ""),
+        "all",
+        not bad,
+    )
 
 
 def _source_row(path: Path, manifest: dict) -> Check:
     same = manifest["source"].get("path") == str(path)
     digest, _ = fingerprint(path, manifest["source"].get("files") if same else None)
     ok = digest == manifest["source"].get("fingerprint")
-    return Check("source", path.name, "content fingerprint", "the build's source" if ok else "another checkpoint",
-                 "equal", ok)
+    return Check(
+        "source", path.name, "content fingerprint", "the build's source" if ok else "another checkpoint", "equal", ok
+    )
 
 
 def _tokenizer_row(lm: Path, tokenizer) -> Check:
@@ -160,21 +187,26 @@ def _tokenizer_row(lm: Path, tokenizer) -> Check:
     llm = load_llama(lm, n_ctx=256, vocab_only=True)
     try:
         cases = tokenizer_strings()
-        same = sum(llm.tokenize(unicodedata.normalize("NFC", t).encode(), add_bos=False, special=True) ==
-                   tokenizer(t, add_special_tokens=False).input_ids for t in cases)
+        same = sum(
+            llm.tokenize(unicodedata.normalize("NFC", t).encode(), add_bos=False, special=True)
+            == tokenizer(t, add_special_tokens=False).input_ids
+            for t in cases
+        )
     finally:
         llm.close()
     return Check("tokenizer", lm.name, "token ids equal", f"{same}/{len(cases)} strings", "all", same == len(cases))
 
 
-def _logit_rows(lm: Path, file_type: str | None, prompts: list[list[int]], refs: list[np.ndarray],
-                threads: int) -> list[Check]:
+def _logit_rows(
+    lm: Path, file_type: str | None, prompts: list[list[int]], refs: list[np.ndarray], threads: int
+) -> list[Check]:
     log.info("verify: text logits of %s", lm.name)
     llm = load_llama(lm, n_ctx=max(map(len, prompts)) + 8, n_threads=threads)
     try:
         if llm.n_vocab() != refs[0].shape[-1]:
-            return [Check("text logits", lm.name, "vocabulary", f"{llm.n_vocab()} vs {refs[0].shape[-1]}", "equal",
-                          False)]
+            return [
+                Check("text logits", lm.name, "vocabulary", f"{llm.n_vocab()} vs {refs[0].shape[-1]}", "equal", False)
+            ]
         stats = [_compare_logits(llama_logits(llm, ids), ref) for ids, ref in zip(prompts, refs)]
     finally:
         llm.close()
@@ -183,14 +215,23 @@ def _logit_rows(lm: Path, file_type: str | None, prompts: list[list[int]], refs:
     if file_type in FLOAT_TYPES:
         max_nmse, min_top1 = lm_float_bounds(file_type)
         worst = max(s[0] for s in stats)
-        return [Check("text logits", lm.name, f"worst NMSE ({n} positions)", f"{worst:.3g}", f"<= {max_nmse:g}",
-                      worst <= max_nmse),
-                Check("text logits", lm.name, "top-1 agreement", f"{top1:.2%}", f">= {min_top1:.0%}", top1 >= min_top1)]
+        return [
+            Check(
+                "text logits",
+                lm.name,
+                f"worst NMSE ({n} positions)",
+                f"{worst:.3g}",
+                f"<= {max_nmse:g}",
+                worst <= max_nmse,
+            ),
+            Check("text logits", lm.name, "top-1 agreement", f"{top1:.2%}", f">= {min_top1:.0%}", top1 >= min_top1),
+        ]
     max_kld, min_top1 = lm_quant_bounds(file_type or "")
     kld = sum(s[1] for s in stats) / n
-    return [Check("text logits", lm.name, f"mean KLD ({n} positions)", f"{kld:.4g}", f"<= {max_kld:g}",
-                  kld <= max_kld),
-            Check("text logits", lm.name, "top-1 agreement", f"{top1:.2%}", f">= {min_top1:.0%}", top1 >= min_top1)]
+    return [
+        Check("text logits", lm.name, f"mean KLD ({n} positions)", f"{kld:.4g}", f"<= {max_kld:g}", kld <= max_kld),
+        Check("text logits", lm.name, "top-1 agreement", f"{top1:.2%}", f">= {min_top1:.0%}", top1 >= min_top1),
+    ]
 
 
 def _compare_logits(out: np.ndarray, ref: np.ndarray, rows: int = 32) -> tuple[float, float, int]:
@@ -201,7 +242,7 @@ def _compare_logits(out: np.ndarray, ref: np.ndarray, rows: int = 32) -> tuple[f
     sq_err = kld = ref_sum = ref_sq = 0.0
     top1 = 0
     for i in range(0, len(ref), rows):
-        o, r = out[i:i + rows].astype(np.float64), ref[i:i + rows].astype(np.float64)
+        o, r = out[i : i + rows].astype(np.float64), ref[i : i + rows].astype(np.float64)
         sq_err += float(np.sum((o - r) ** 2))
         ref_sum, ref_sq = ref_sum + float(r.sum()), ref_sq + float(np.sum(r * r))
         kld += float(kl_divergence(o, r).sum())
@@ -234,11 +275,20 @@ def _image_rows(mmproj: Path, lm: Path, file_type: str | None, model, processor,
     if counts[0] != counts[1]:
         return [Check(check, mmproj.name, "tokens per chunk", f"{counts[0]} vs {counts[1]}", "equal", False)]
     if got[0].shape[-1] != ref[0].shape[-1]:  # a checkpoint of another width than the build's
-        return [Check(check, mmproj.name, "embedding width", f"{got[0].shape[-1]} vs {ref[0].shape[-1]}", "equal",
-                      False)]
+        return [
+            Check(check, mmproj.name, "embedding width", f"{got[0].shape[-1]} vs {ref[0].shape[-1]}", "equal", False)
+        ]
     min_cos, max_nmse = mmproj_bounds(file_type or "F32")
     cos = min(float(cosine_rows(g, r).min()) for g, r in zip(got, ref))
     err = max(nmse(g, r) for g, r in zip(got, ref))
-    return [Check(check, mmproj.name, f"min token cosine ({sum(counts[0])} tokens)", f"{cos:.7f}",
-                  f">= {min_cos:g}", cos >= min_cos),
-            Check(check, mmproj.name, "worst NMSE", f"{err:.3g}", f"<= {max_nmse:g}", err <= max_nmse)]
+    return [
+        Check(
+            check,
+            mmproj.name,
+            f"min token cosine ({sum(counts[0])} tokens)",
+            f"{cos:.7f}",
+            f">= {min_cos:g}",
+            cos >= min_cos,
+        ),
+        Check(check, mmproj.name, "worst NMSE", f"{err:.3g}", f"<= {max_nmse:g}", err <= max_nmse),
+    ]

@@ -5,24 +5,94 @@ from __future__ import annotations
 import random
 
 SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.", "def add(a, b):\n    return a + b\n",
-    "你好，世界！这是一个测试。", "Numbers: 3.14159, 2.71828, 42 and 1000000.", "What is in the picture?",
-    "  indented\tline with tabs\n\n", "Émoji test 🙂🚀 and accents: café, naïve, Zürich.",
-    "for i in range(10):\n    print(i * i)\n", "<|im_start|>user\nHi<|im_end|>\n", "MiniCPM-V 4.6 runs on a CPU.",
+    "The quick brown fox jumps over the lazy dog.",
+    "def add(a, b):\n    return a + b\n",
+    "你好，世界！这是一个测试。",
+    "Numbers: 3.14159, 2.71828, 42 and 1000000.",
+    "What is in the picture?",
+    "  indented\tline with tabs\n\n",
+    "Émoji test 🙂🚀 and accents: café, naïve, Zürich.",
+    "for i in range(10):\n    print(i * i)\n",
+    "<|im_start|>user\nHi<|im_end|>\n",
+    "MiniCPM-V 4.6 runs on a CPU.",
 ]
-SPECIALS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|image_pad|>", "<image>", "</image>", "<slice>",
-            "</slice>", "<image_id>", "</image_id>", "<think>", "</think>", "<tool_call>"]
+SPECIALS = [
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|image_pad|>",
+    "<image>",
+    "</image>",
+    "<slice>",
+    "</slice>",
+    "<image_id>",
+    "</image_id>",
+    "<think>",
+    "</think>",
+    "<tool_call>",
+]
 PIECES = [
-    "hello", "Hello", "HELLO", "don't", "it's", "we'll", "I'M", "you're", "0", "42", "3.14159", "1,000,000",
-    "2026-11-21", "x1y2z3", "你好", "世界", "图片里有什么？", "日本語のテキスト", "한국어", "Ελληνικά", "кириллица",
-    "🙂", "🚀🚀", "👨‍👩‍👧", "café", "naïve", "Zürich", "def f(x):", "return x*2", "{\"a\": [1, 2]}", "a+=1;",
-    "#include <stdio.h>", "print('hi')", "  ", "   ", "\t", "\n", "\n\n", "\r\n", " \n ", "...", "!!!", "?!",
-    "@#$%^&*()", "[]{}<>", "/\\|~`", "'\"", "--", "==>", "ﬁ", "Å", "e\u0301",
+    "hello",
+    "Hello",
+    "HELLO",
+    "don't",
+    "it's",
+    "we'll",
+    "I'M",
+    "you're",
+    "0",
+    "42",
+    "3.14159",
+    "1,000,000",
+    "2026-11-21",
+    "x1y2z3",
+    "你好",
+    "世界",
+    "图片里有什么？",
+    "日本語のテキスト",
+    "한국어",
+    "Ελληνικά",
+    "кириллица",
+    "🙂",
+    "🚀🚀",
+    "👨‍👩‍👧",
+    "café",
+    "naïve",
+    "Zürich",
+    "def f(x):",
+    "return x*2",
+    '{"a": [1, 2]}',
+    "a+=1;",
+    "#include <stdio.h>",
+    "print('hi')",
+    "  ",
+    "   ",
+    "\t",
+    "\n",
+    "\n\n",
+    "\r\n",
+    " \n ",
+    "...",
+    "!!!",
+    "?!",
+    "@#$%^&*()",
+    "[]{}<>",
+    "/\\|~`",
+    "'\"",
+    "--",
+    "==>",
+    "ﬁ",
+    "Å",
+    "e\u0301",
 ]
 MESSAGES = [
     [{"role": "user", "content": "Hello! Describe the sky."}],
-    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "def f(x): return x*2"},
-     {"role": "assistant", "content": "It doubles x."}, {"role": "user", "content": "你好，世界！42?"}],
+    [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "def f(x): return x*2"},
+        {"role": "assistant", "content": "It doubles x."},
+        {"role": "user", "content": "你好，世界！42?"},
+    ],
 ]
 
 
@@ -48,8 +118,9 @@ def tokenizer_strings() -> list[str]:
 
 def chat_prompts(tokenizer, long_tokens: int = 1100) -> list[list[int]]:
     """Chat prompts, raw text, and one prompt of `long_tokens` tokens (it crosses 64-token DeltaNet chunks)."""
-    ids = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False)
-           for m in MESSAGES]
+    ids = [
+        tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False) for m in MESSAGES
+    ]
     ids = [list(x["input_ids"]) if isinstance(x, dict) else list(x) for x in ids]
     ids.append(tokenizer(long_text(300, seed=1), add_special_tokens=False).input_ids)
     long = tokenizer(long_text(6 * long_tokens, seed=2), add_special_tokens=False).input_ids

@@ -110,8 +110,9 @@ def mtmd_last_logits(llm, mmproj_path: Path, prompt_text: str, image) -> np.ndar
                 llm.eval(chunk_text_tokens(chunk))
                 continue
             new_n_past = llama_cpp.llama_pos(0)
-            rc = M.mtmd_helper_eval_chunk_single(ctx, llm.ctx, chunk, llm.n_tokens, 0, llm.n_batch, True,
-                                                 ctypes.byref(new_n_past))  # fmt: skip
+            rc = M.mtmd_helper_eval_chunk_single(
+                ctx, llm.ctx, chunk, llm.n_tokens, 0, llm.n_batch, True, ctypes.byref(new_n_past)
+            )
             if rc != 0:
                 raise RuntimeError(f"mtmd_helper_eval_chunk_single returned {rc}")
             llm.n_tokens = new_n_past.value
@@ -172,8 +173,9 @@ def hf_letterboxed_embeddings(model, processor, image, mode: str) -> list[np.nda
             strips.append(ip.reshape_by_patch(tile, ip.patch_size))
     pixel_values = torch.from_numpy(np.concatenate(strips, axis=-1)[None]).float()
     with torch.no_grad():
-        feats = model.get_image_features(pixel_values=pixel_values, target_sizes=out["target_sizes"],
-                                         downsample_mode=mode)  # fmt: skip
+        feats = model.get_image_features(
+            pixel_values=pixel_values, target_sizes=out["target_sizes"], downsample_mode=mode
+        )
     return [f.reshape(-1, f.shape[-1]).float().numpy() for f in feats.pooler_output]
 
 
@@ -194,8 +196,12 @@ def hf_last_logits(model, processor, messages_or_text, image, mode: str) -> np.n
 
     inputs = hf_prompt_inputs(processor, messages_or_text, image, mode)
     with torch.no_grad():
-        out = model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
-                    target_sizes=inputs["target_sizes"], downsample_mode=mode)  # fmt: skip
+        out = model(
+            input_ids=inputs["input_ids"],
+            pixel_values=inputs["pixel_values"],
+            target_sizes=inputs["target_sizes"],
+            downsample_mode=mode,
+        )
     return out.logits[0, -1].float().numpy()
 
 
