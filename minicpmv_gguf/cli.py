@@ -356,12 +356,13 @@ def _open_chat(
     threads: int | None,
     max_frames: int,
 ):
+    """(the model, a chat session on it); close the session before the model."""
     from .runtime import Sampling, open_model
 
     sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, repeat_penalty=repeat_penalty, seed=seed)
     model = open_model(lm, list(mmprojs), threads=threads)
     try:
-        return model.chat(
+        return model, model.chat(
             detail=detail,
             thinking=think,
             sampling=sampling,
@@ -389,8 +390,8 @@ def run(prompt: str, images: tuple[Path, ...], video: Path | None, as_json: bool
     """
     import json
 
-    session = _open_chat(**opts)
-    with session.model, session:  # the context goes before the weights
+    model, session = _open_chat(**opts)
+    with model, session:  # the context goes before the weights
         if as_json:
             reply = session.send(prompt, list(images), video=video)
             click.echo(
@@ -425,8 +426,8 @@ def chat(stats: bool, **opts) -> None:
     """
     from .chat_repl import Repl
 
-    session = _open_chat(**opts)
-    with session.model, session:  # the context goes before the weights
+    model, session = _open_chat(**opts)
+    with model, session:  # the context goes before the weights
         Repl(session, stats=stats).run()
 
 

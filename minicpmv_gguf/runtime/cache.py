@@ -1,7 +1,7 @@
 """What a context's sequence holds, position by position, so that a new turn evaluates only what changed.
 
-Each position has a key: the token id for text, (picture serial, chunk index, offset) for an image
-embedding. A new prompt reuses the longest common prefix of keys. Going back means cutting the memory:
+Each position has a key (units.py): the token id for text, (image content hash, chunk index, offset) for
+an image embedding. A new prompt reuses the longest common prefix of keys. Going back means cutting the memory:
 the attention KV cache can drop any suffix, but the recurrent (Gated-DeltaNet) state cannot, so the
 recurrent state is saved at the point where the next turn will diverge (see ChatTemplate.shared_prefix)
 and put back there; failing that the sequence is evaluated again from the start.
@@ -9,12 +9,11 @@ and put back there; failing that the sequence is evaluated again from the start.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
 
 from .llm import Context
-
-Key = Hashable
+from .units import Key
 
 
 def common_prefix(a: Sequence[Key], b: Sequence[Key]) -> int:

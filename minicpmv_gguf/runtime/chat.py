@@ -9,40 +9,32 @@ LM's memory: only the LM stays resident between image turns.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..errors import InputError
 from .cache import SequenceCache, common_prefix
-from .llm import Context
+from .headers import MmprojHeader
+from .llm import Context, LanguageModel
 from .media import ImageSource, Picture, fit_within, load_image, load_video
 from .prompt import ChatTemplate, Message, layout, nfc, tail_start, user_message
 from .reply import Clock, Reply, Timings, split_reasoning
 from .sampling import Sampler, Sampling, TextStream
-from .vision import MediaChunks, Vision
-
-if TYPE_CHECKING:
-    from .model import Model
-
-
-@dataclass
-class _Prompt:
-    items: list[list[int] | Picture]  # text token lists and pictures, in order
-    keys: list
-    stable: int | None  # the position the next turn's prompt will diverge at (a snapshot point)
-    text_tokens: list[int]
-    image_tokens: int
+from .units import ImageSpan, PictureLayout, Prompt, TextRun, Unit
+from .vision import ImagePart, MediaChunks, Vision
 
 
 class ChatSession:
-    """A conversation with the model (see Model.chat); not thread-safe."""
+    """A conversation with a loaded LM and, for images, an mmproj GGUF (see Model.chat); not thread-safe.
+
+    Several sessions may share one LanguageModel: each has its own context (KV cache and recurrent state).
+    """
 
     def __init__(
         self,
-        model: Model,
+        lm: LanguageModel,
+        mmproj: MmprojHeader | None,
         *,
-        detail: str | None,
+        threads: int,
         thinking: bool,
         sampling: Sampling,
         system: str | None,
@@ -54,18 +46,18 @@ class ChatSession:
     ) -> None:
         if max_tokens < 1:
             raise InputError(f"max_tokens must be at least 1, got {max_tokens}")
-        self.model, self.mmproj = model, model.mmproj_for(detail)
+        self.lm, self.mmproj, self.threads = lm, mmproj, threads
         self.thinking, self.sampling, self.max_tokens = thinking, sampling, max_tokens
         self.keep_vision, self.max_frames = keep_vision, max_frames
-        self.template = ChatTemplate(model.lm.header.chat_template)
-        self.context = Context(model.lm, n_ctx=n_ctx, n_batch=n_batch, threads=model.threads)
+        self.template = ChatTemplate(lm.header.chat_template)
+        self.context = Context(lm, n_ctx=n_ctx, n_batch=n_batch, threads=threads)
         self.cache = SequenceCache(self.context)
         self._system = [{"role": "system", "content": system}] if system else []
         self._messages: list[Message] = list(self._system)
         self._images: list[Picture] = []
         self._videos: list[list[Picture]] = []
-        self._parts: dict[int, list[list[int] | int]] = {}  # picture serial -> framing tokens | image n_pos
-        self._chunks: dict[int, MediaChunks] = {}  # this turn's preprocessed pictures
+        self._layouts: dict[str, PictureLayout] = {}  # picture digest -> its units, kept for the conversation
+        self._chunks: dict[str, MediaChunks] = {}  # picture digest -> libmtmd's chunks, this turn only
         self._vision: Vision | None = None
         self._active: Iterator[str] | None = None
         self.last_reply: Reply | None = None
@@ -161,7 +153,7 @@ class ChatSession:
         if self._active is not None:
             self._active.close()
         self._messages, self._images, self._videos = list(self._system), [], []
-        self._parts.clear()
+        self._layouts.clear()
         self.cache.clear()
         self.last_reply = None
 
@@ -187,7 +179,9 @@ class ChatSession:
         message, images, videos = self._with_question(text, pictures, frames)
         try:
             prompt = self._build(self._messages + [message], images, videos, clock)
-            cached, encoded = self._prefill(prompt, clock)
+            cached, encoded = self._prefill(
+                prompt, {p.digest: p for p in images + [f for v in videos for f in v]}, clock
+            )
             if not self.keep_vision:
                 self._release_media(keep_vision=False)
             yield from self._generate(
@@ -209,94 +203,80 @@ class ChatSession:
 
     def _build(
         self, messages: list[Message], images: list[Picture], videos: list[list[Picture]], clock: Clock
-    ) -> _Prompt:
+    ) -> Prompt:
         """Render, lay out and tokenize the prompt; new pictures are preprocessed by libmtmd (not encoded)."""
         rendered = self.template.render(messages, enable_thinking=self.thinking)
-        segments = layout(rendered, images, videos)
-        items, keys, text_tokens, image_tokens = [], [], [], 0
-        for seg in segments:
-            if isinstance(seg, str):
-                tokens = self.model.lm.tokenize(seg)
-                items.append(tokens)
-                keys += tokens
-                text_tokens += tokens
-                continue
-            items.append(seg)
-            for i, part in enumerate(self._picture_parts(seg, clock)):
-                keys += part if isinstance(part, list) else [(seg.serial, i, j) for j in range(part)]
-                text_tokens += part if isinstance(part, list) else []
-                image_tokens += 0 if isinstance(part, list) else part
-        return _Prompt(items, keys, self._stable(rendered, messages, items, len(keys)), text_tokens, image_tokens)
+        units: list[Unit] = []
+        for seg in layout(rendered, images, videos):
+            units += [TextRun(tuple(self.lm.tokenize(seg)))] if isinstance(seg, str) else self._layout(seg, clock).units
+        prompt = Prompt(tuple(units))
+        return Prompt(prompt.units, self._stable(rendered, messages, prompt))
 
-    def _stable(self, rendered: str, messages: list[Message], items: list, n_keys: int) -> int | None:
-        """The position of ChatTemplate.shared_prefix in the prompt's last text item, or None."""
+    def _stable(self, rendered: str, messages: list[Message], prompt: Prompt) -> int | None:
+        """The position of ChatTemplate.shared_prefix in the prompt's last text run, or None."""
         tail = tail_start(rendered)
         offset = self.template.shared_prefix(messages, enable_thinking=self.thinking) - tail
-        if offset <= 0 or not isinstance(items[-1], list):
+        last = prompt.units[-1]
+        if offset <= 0 or not isinstance(last, TextRun):
             return None
-        head = self.model.lm.tokenize(nfc(rendered[tail : tail + offset]))
-        return n_keys - len(items[-1]) + common_prefix(head, items[-1])
+        head = self.lm.tokenize(nfc(rendered[tail : tail + offset]))
+        return prompt.n_pos - last.n_pos + common_prefix(head, last.tokens)
 
-    def _picture_parts(self, picture: Picture, clock: Clock) -> list[list[int] | int]:
-        if picture.serial not in self._parts:
-            media = self._media(picture, clock)
-            self._parts[picture.serial] = [p if isinstance(p, list) else p.n_pos for p in media.parts]
-        return self._parts[picture.serial]
+    def _layout(self, picture: Picture, clock: Clock) -> PictureLayout:
+        if picture.digest not in self._layouts:
+            parts = self._media(picture, clock).parts
+            units = tuple(
+                ImageSpan(picture.digest, i, p.n_tokens, p.n_pos) if isinstance(p, ImagePart) else TextRun(tuple(p))
+                for i, p in enumerate(parts)
+            )
+            self._layouts[picture.digest] = PictureLayout(picture.digest, units)
+        return self._layouts[picture.digest]
 
     def _media(self, picture: Picture, clock: Clock) -> MediaChunks:
         """libmtmd's chunks for `picture`, made on first use this turn (time counted as encoding)."""
-        if picture.serial not in self._chunks:
+        if picture.digest not in self._chunks:
             phase = clock.phase
             clock.switch("encode")
             if self._vision is None:
-                self._vision = Vision(self.mmproj, self.model.lm, threads=self.model.threads)
-            self._chunks[picture.serial] = self._vision.tokenize(picture.rgb)
+                self._vision = Vision(self.mmproj, self.lm, threads=self.threads)
+            self._chunks[picture.digest] = self._vision.tokenize(picture.rgb)
             clock.switch(phase)
-        return self._chunks[picture.serial]
+        return self._chunks[picture.digest]
 
-    def _units(self, prompt: _Prompt) -> Iterator[tuple[int, list[int] | tuple[Picture, int, int]]]:
-        """(position, text tokens | (picture, chunk index, n_pos)) over the whole prompt."""
-        pos = 0
-        for item in prompt.items:
-            parts = [item] if isinstance(item, list) else self._parts[item.serial]
-            for i, part in enumerate(parts):
-                yield pos, part if isinstance(part, list) else (item, i, part)
-                pos += len(part) if isinstance(part, list) else part
-
-    def _prefill(self, prompt: _Prompt, clock: Clock) -> tuple[int, int]:
+    def _prefill(self, prompt: Prompt, pictures: dict[str, Picture], clock: Clock) -> tuple[int, int]:
         """Encode what is new and evaluate it; returns (cached positions, pictures encoded)."""
-        n = len(prompt.keys)
+        n = prompt.n_pos
         if n >= self.context.n_ctx:
             raise InputError(
-                f"the prompt needs {n} tokens ({prompt.image_tokens} for images) but the context "
+                f"the prompt needs {n} tokens ({prompt.image_positions} for images) but the context "
                 f"holds {self.context.n_ctx}; shorten it, use fewer or smaller images, or a larger "
                 "context"
             )
         start = self.cache.rewind(prompt.keys)
+        # Every new image is encoded before the LM evaluates anything, so the mmproj can be freed early.
         embeddings, encoded = {}, set()
-        for pos, unit in self._units(prompt):
-            if isinstance(unit, tuple) and pos >= start:
-                picture, i, _ = unit
-                part = self._media(picture, clock).parts[i]
+        for pos, unit in prompt.placed():
+            if isinstance(unit, ImageSpan) and pos >= start:
+                part = self._media(pictures[unit.image], clock).parts[unit.chunk]
                 clock.switch("encode")
                 embeddings[pos] = self._vision.encode(part)
-                encoded.add(picture.serial)
+                encoded.add(unit.image)
                 clock.switch("prefill")
-        for pos, unit in self._units(prompt):
-            if isinstance(unit, list):
-                self._eval_text(unit, pos, start, prompt, last=pos + len(unit) == n)
+        for pos, unit in prompt.placed():
+            if isinstance(unit, TextRun):
+                self._eval_text(unit.tokens, pos, start, prompt, last=pos + unit.n_pos == n)
             elif pos >= start:
-                picture, i, n_pos = unit
-                with self.cache.extending(prompt.keys[pos : pos + n_pos]):
-                    self._vision.decode(self.context, self._chunks[picture.serial].parts[i], embeddings.pop(pos), pos)
+                with self.cache.extending(unit.keys()):
+                    part = self._chunks[unit.image].parts[unit.chunk]
+                    self._vision.decode(self.context, part, embeddings.pop(pos), pos)
                 if not embeddings and not self.keep_vision:
-                    # The last image is in: free the mmproj before the text after it (the turn's peak; measured -39 MB).
+                    # The last image is in: free the mmproj before the text after it (the turn's peak).
                     self._release_media(keep_vision=False)
             else:
-                assert pos + unit[2] <= start, "the cache cannot end inside an image"
+                assert pos + unit.n_pos <= start, "the cache cannot end inside an image"
         return start, len(encoded)
 
-    def _eval_text(self, tokens: list[int], pos: int, start: int, prompt: _Prompt, *, last: bool) -> None:
+    def _eval_text(self, tokens: tuple[int, ...], pos: int, start: int, prompt: Prompt, *, last: bool) -> None:
         """Evaluate the part of one text item at or after `start`, saving the recurrent state at `stable`."""
         lo, end = max(pos, start), pos + len(tokens)
         stable = prompt.stable if prompt.stable is not None and lo <= prompt.stable <= end else None
@@ -305,19 +285,19 @@ class ChatSession:
                 self.cache.save()
             if b > a:
                 with self.cache.extending(prompt.keys[a:b]):
-                    self.context.decode(tokens[a - pos : b - pos], a, logits_last=last and b == end)
+                    self.context.decode(list(tokens[a - pos : b - pos]), a, logits_last=last and b == end)
 
     def _generate(
-        self, prompt: _Prompt, clock: Clock, max_tokens: int, cached: int, encoded: int, commit
+        self, prompt: Prompt, clock: Clock, max_tokens: int, cached: int, encoded: int, commit
     ) -> Iterator[str]:
         clock.switch("decode")
-        sampler, out = Sampler(self.sampling, prompt.text_tokens, self.model.lm.n_vocab), TextStream(self.model.lm)
+        sampler, out = Sampler(self.sampling, list(prompt.text_tokens), self.lm.n_vocab), TextStream(self.lm)
         tokens: list[int] = []
-        pos, stop, first = len(prompt.keys), "interrupted", 0.0
+        pos, stop, first = prompt.n_pos, "interrupted", 0.0
         try:
             while True:
                 token = sampler.sample(self.context)
-                if self.model.lm.is_eog(token):
+                if self.lm.is_eog(token):
                     stop = "eos"
                     break
                 tokens.append(token)
@@ -345,7 +325,7 @@ class ChatSession:
         raw: str,
         tokens: list[int],
         stop: str,
-        prompt: _Prompt,
+        prompt: Prompt,
         clock: Clock,
         cached: int,
         encoded: int,
@@ -354,8 +334,8 @@ class ChatSession:
         reasoning, answer = split_reasoning(raw)
         s = clock.spent
         timings = Timings(
-            len(prompt.keys),
-            prompt.image_tokens,
+            prompt.n_pos,
+            prompt.image_positions,
             cached,
             len(tokens),
             encoded,

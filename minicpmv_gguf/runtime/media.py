@@ -9,10 +9,12 @@ dependency; animated GIF, WebP and PNG files only need Pillow.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Union
 
@@ -35,6 +37,18 @@ class Picture:
     @property
     def size(self) -> tuple[int, int]:
         return self.rgb.shape[1], self.rgb.shape[0]
+
+    @cached_property
+    def digest(self) -> str:
+        """sha256 of the shape and pixels: equal images give equal digests, whatever their source."""
+        return pixel_digest(self.rgb)
+
+
+def pixel_digest(rgb: np.ndarray) -> str:
+    """sha256 of a uint8 RGB array's shape and bytes."""
+    h = hashlib.sha256(repr(rgb.shape).encode())
+    h.update(np.ascontiguousarray(rgb).data)
+    return h.hexdigest()
 
 
 ImageSource = Union[str, Path, "Image.Image", np.ndarray, Picture]  # noqa: F821 (PIL is imported lazily)

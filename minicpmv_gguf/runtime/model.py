@@ -74,8 +74,9 @@ class Model:
         if n_ctx < 16 or n_batch < 1:
             raise InputError(f"n_ctx must be >= 16 and n_batch >= 1, got {n_ctx} and {n_batch}")
         return ChatSession(
-            self,
-            detail=detail,
+            self.lm,
+            self.mmproj_for(detail),
+            threads=self.threads,
             thinking=thinking,
             sampling=sampling,
             system=system,
