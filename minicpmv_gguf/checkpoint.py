@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import CheckpointError
 from .safetensors_io import TensorRef, read_header
+from .spec import HF_MODEL_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def open_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path / 'config.json'}: not a JSON object")
     archs = config.get("architectures") or [config.get("model_type")]
     archs = archs if isinstance(archs, list) else [archs]
-    if ARCHITECTURE not in archs and config.get("model_type") != "minicpmv4_6":
+    if ARCHITECTURE not in archs and config.get("model_type") != HF_MODEL_TYPE:
         raise CheckpointError(f"{path / 'config.json'}: architecture {archs} is not {ARCHITECTURE} (MiniCPM-V 4.6)")
     return Checkpoint(path, config, parse_text_config(config, path / "config.json"), read_tensor_index(path))
 

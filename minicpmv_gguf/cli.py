@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from . import __version__, spec
 from .errors import ToolkitError
 
 
@@ -94,8 +94,8 @@ def convert(
 )
 @click.option(
     "--mode",
-    type=click.Choice(["16x", "4x", "both"]),
-    default="16x",
+    type=click.Choice([*spec.MODES, "both"]),
+    default=spec.DEFAULT_MODE,
     show_default=True,
     help="Visual-token compression: 16x (fewer tokens, faster) or 4x (fine detail).",
 )
@@ -240,7 +240,9 @@ def _chunk_progress(label: str):
 @click.option("--name", default="minicpm-v4.6", show_default=True, help="The Ollama model name to create.")
 @click.option("--link", is_flag=True, help="Hard-link the GGUFs (symlink across file systems) instead of copying.")
 @click.option("--system", help="A default system prompt (Modelfile SYSTEM).")
-@click.option("--num-ctx", type=click.IntRange(min=1), default=4096, show_default=True, help="Context length.")
+@click.option(
+    "--num-ctx", type=click.IntRange(min=1), default=spec.DEFAULT_N_CTX, show_default=True, help="Context length."
+)
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option(
     "--check",
@@ -301,28 +303,28 @@ def _chat_options(command):
         ),
         click.option(
             "--detail",
-            type=click.Choice(["normal", "high"]),
+            type=click.Choice(list(spec.DETAIL_MODES)),
             default=None,
             help="normal: the 16x mmproj (default when given); high: the 4x mmproj (fine detail).",
         ),
         click.option("--think", is_flag=True, help="Thinking mode (enable_thinking); off by default."),
         click.option("--system", help="A system prompt."),
-        click.option("--temperature", type=float, default=0.7, show_default=True, help="0 = greedy."),
-        click.option("--top-p", type=float, default=0.8, show_default=True),
-        click.option("--top-k", type=int, default=100, show_default=True),
-        click.option("--repeat-penalty", type=float, default=1.05, show_default=True),
+        click.option("--temperature", type=float, default=spec.TEMPERATURE, show_default=True, help="0 = greedy."),
+        click.option("--top-p", type=float, default=spec.TOP_P, show_default=True),
+        click.option("--top-k", type=int, default=spec.TOP_K, show_default=True),
+        click.option("--repeat-penalty", type=float, default=spec.REPEAT_PENALTY, show_default=True),
         click.option("--seed", type=int, help="Seed for reproducible sampling (default: random)."),
         click.option(
             "--max-tokens",
             type=click.IntRange(min=1),
-            default=1024,
+            default=spec.DEFAULT_MAX_TOKENS,
             show_default=True,
             help="The longest reply, in tokens.",
         ),
         click.option(
             "--ctx",
             type=click.IntRange(min=16),
-            default=4096,
+            default=spec.DEFAULT_N_CTX,
             show_default=True,
             help="Context length in tokens (the whole conversation, images included).",
         ),
@@ -440,7 +442,7 @@ def chat(stats: bool, **opts) -> None:
     show_default=True,
     help="The LM's llama-quantize type (Q4_K_M, Q5_K_M, Q8_0, ...); F16, BF16 or F32 skip quantization.",
 )
-@click.option("--modes", default="16x", show_default=True, help="mmproj modes: 16x, 4x or 16x,4x.")
+@click.option("--modes", default=spec.DEFAULT_MODE, show_default=True, help="mmproj modes: 16x, 4x or 16x,4x.")
 @click.option(
     "--lm-outtype",
     type=click.Choice(["auto", "f32", "f16", "bf16"]),

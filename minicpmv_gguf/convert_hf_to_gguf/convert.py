@@ -18,8 +18,9 @@ from ..checkpoint import Checkpoint, open_checkpoint
 from ..errors import ToolkitError
 from ..general_metadata import general_kvs, sampling_kvs
 from ..gguf_io import Progress, TensorOut, check_output, write_gguf
+from ..spec import LM_ARCH
 from ..tensor_plan import FILE_TYPES, PlanRow, plan_rows, plan_tensors, resolve_outtype, tensor_out
-from .metadata import ARCH, lm_hparams, tokenizer_kvs
+from .metadata import lm_hparams, tokenizer_kvs
 from .tensor_map import SKIP_PREFIXES, lm_rules
 from .vocab import Vocab, read_vocab
 
@@ -122,7 +123,7 @@ def write_lm(
         *lm_hparams(ckpt.text),
         *tokenizer_kvs(plan.vocab),
     ]
-    n_bytes = write_gguf(Path(out), ARCH, kvs, plan.tensors, overwrite=overwrite, progress=progress)
+    n_bytes = write_gguf(Path(out), LM_ARCH, kvs, plan.tensors, overwrite=overwrite, progress=progress)
     return ConvertResult(Path(out), plan, n_bytes, time.perf_counter() - t0)
 
 

@@ -9,14 +9,13 @@ from gguf import GGUFValueType as T
 
 from ..checkpoint import TextConfig
 from ..gguf_io import KV
+from ..spec import LM_ARCH
 from .vocab import Vocab
-
-ARCH = "qwen35"
 
 
 def lm_hparams(c: TextConfig) -> list[KV]:
     """Hyperparameter keys of the qwen35 architecture (src/models/qwen35.cpp, llama-model.cpp)."""
-    a = ARCH
+    a = LM_ARCH
     return [
         # MTP heads are not exported, so the block count is the plain layer count (see tensor_map).
         KV(f"{a}.block_count", c.num_hidden_layers, T.UINT32),

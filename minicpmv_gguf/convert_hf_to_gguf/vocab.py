@@ -15,6 +15,7 @@ from typing import Any
 
 from ..checkpoint import read_json
 from ..errors import TokenizerError
+from ..spec import END_OF_TEXT, IM_END, IM_START, IMAGE_PAD, LM_ARCH, VIDEO_PAD
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +26,11 @@ QWEN35_REGEX = (
 )
 # Ids of the released MiniCPM-V 4.6 tokenizer (vocab_size 248094), used to recognise it.
 RELEASED_IDS = {
-    "<|endoftext|>": 248044,
-    "<|im_start|>": 248045,
-    "<|im_end|>": 248046,
-    "<|image_pad|>": 248056,
-    "<|video_pad|>": 248057,
+    END_OF_TEXT: 248044,
+    IM_START: 248045,
+    IM_END: 248046,
+    IMAGE_PAD: 248056,
+    VIDEO_PAD: 248057,
 }
 RELEASED_VOCAB_SIZE = 248094
 # Pieces libmtmd looks up by text to frame MiniCPM-V image embeddings.
@@ -168,14 +169,15 @@ def _split_regex(tj: dict[str, Any]) -> str | None:
 def _recognise(tj: dict[str, Any], text_to_id: dict[str, int], vocab_size: int, where: Path) -> tuple[str, str]:
     if _split_regex(tj) != QWEN35_REGEX:
         log.warning(
-            "%s: pre-tokenizer is not Qwen3.5's; assuming llama.cpp pre-tokenizer 'qwen35' "
+            "%s: pre-tokenizer is not Qwen3.5's; assuming llama.cpp pre-tokenizer %r "
             "(token ids may differ from Hugging Face's)",
             where,
+            LM_ARCH,
         )
-        return "qwen35", "unknown byte-level BPE, assumed Qwen3.5 pre-tokenizer"
+        return LM_ARCH, "unknown byte-level BPE, assumed Qwen3.5 pre-tokenizer"
     if vocab_size == RELEASED_VOCAB_SIZE and all(text_to_id.get(t) == i for t, i in RELEASED_IDS.items()):
-        return "qwen35", "the released MiniCPM-V 4.6 tokenizer"
-    return "qwen35", "byte-level BPE with the Qwen3.5 pre-tokenizer"
+        return LM_ARCH, "the released MiniCPM-V 4.6 tokenizer"
+    return LM_ARCH, "byte-level BPE with the Qwen3.5 pre-tokenizer"
 
 
 def _merges(raw: Any, vocab: dict[str, int], where: Path) -> list[str]:

@@ -11,11 +11,11 @@ from typing import Any
 
 from ..checkpoint import Checkpoint, read_json
 from ..errors import CheckpointError
+from ..spec import MERGE, MODES, POSITION_GRID, WINDOW
 
 log = logging.getLogger(__name__)
 
-POSITION_GRID = 70  # clip.cpp hardcodes a 70x70 position table for this projector
-MODES = {"16x": 4, "4x": 2}  # downsample mode -> clip.vision.projector.scale_factor (n_merge)
+__all__ = ["MODES", "POSITION_GRID", "VisionConfig", "parse_vision_config"]
 PROCESSOR_DEFAULTS: dict[str, Any] = {"scale_resolution": 448, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
 
 
@@ -65,9 +65,9 @@ def parse_vision_config(ckpt: Checkpoint) -> VisionConfig:
     if vc.get("hidden_act", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
         raise CheckpointError(f"{where}: vision hidden_act {vc['hidden_act']!r}; clip.cpp implements gelu_pytorch_tanh")
     hardcoded = {
-        "merge_kernel_size": (ckpt.config, [2, 2]),
+        "merge_kernel_size": (ckpt.config, [MERGE, MERGE]),
         "merger_times": (ckpt.config, 1),
-        "window_kernel_size": (vc, [2, 2]),
+        "window_kernel_size": (vc, [WINDOW, WINDOW]),
     }
     for key, (section, want) in hardcoded.items():
         value = section.get(key, want)

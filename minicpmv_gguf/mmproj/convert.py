@@ -16,8 +16,9 @@ from ..checkpoint import Checkpoint, open_checkpoint
 from ..errors import CheckpointError, ToolkitError
 from ..general_metadata import general_kvs
 from ..gguf_io import Progress, TensorOut, check_output, write_gguf
+from ..spec import DEFAULT_MODE, MODES
 from ..tensor_plan import FILE_TYPES, PlanRow, plan_rows, plan_tensors, resolve_outtype, tensor_out
-from .config import MODES, VisionConfig, parse_vision_config
+from .config import VisionConfig, parse_vision_config
 from .metadata import ARCH, clip_kvs
 from .tensor_map import V, mmproj_rules, mmproj_skip_prefixes
 
@@ -62,7 +63,7 @@ class MMProjResult:
         )
 
 
-def plan_mmproj(checkpoint: Path, *, mode: str = "16x", outtype: str = "f16") -> MMProjPlan:
+def plan_mmproj(checkpoint: Path, *, mode: str = DEFAULT_MODE, outtype: str = "f16") -> MMProjPlan:
     """Validate a checkpoint's vision half and plan the mmproj GGUF of one mode; reads headers only.
 
     Args:
@@ -109,7 +110,7 @@ def convert_mmproj(
     checkpoint: Path,
     out: Path,
     *,
-    mode: str = "16x",
+    mode: str = DEFAULT_MODE,
     outtype: str = "f16",
     overwrite: bool = False,
     progress: Progress | None = None,

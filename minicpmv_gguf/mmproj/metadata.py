@@ -5,10 +5,10 @@ from __future__ import annotations
 from gguf import GGUFValueType as T
 
 from ..gguf_io import KV
-from .config import MODES, VisionConfig
+from ..spec import MODES, PROJECTOR
+from .config import VisionConfig
 
 ARCH = "clip"
-PROJECTOR = "minicpmv4_6"  # not in gguf 0.19's VisionProjectorType
 
 
 def clip_kvs(c: VisionConfig, mode: str) -> list[KV]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import OllamaError, OutputError
+from ..spec import DEFAULT_N_CTX, LM_ARCH, PROJECTOR, REPEAT_PENALTY, STOP_STRINGS, TEMPERATURE, TOP_K, TOP_P
 from .validate import Command, check_modelfile, classify_gguf, parse_modelfile
 
 log = logging.getLogger(__name__)
@@ -24,11 +25,9 @@ log = logging.getLogger(__name__)
 # The first Ollama that runs GGUFs on llama-server, whose llama.cpp knows qwen35 and the minicpmv4_6 projector.
 OLLAMA_MIN_VERSION = "0.30.0"
 DEFAULT_NAME = "minicpm-v4.6"
-DEFAULT_NUM_CTX = 4096
-STOP = ("<|im_end|>", "<|endoftext|>")
+DEFAULT_NUM_CTX = DEFAULT_N_CTX
 # OpenBMB's recommended sampling for MiniCPM-V 4.6 (its llama.cpp guide), not generation_config.json's.
-SAMPLING = (("temperature", "0.7"), ("top_p", "0.8"), ("top_k", "100"), ("repeat_penalty", "1.05"))
-LM_ARCH, PROJECTOR = "qwen35", "minicpmv4_6"
+SAMPLING = (("temperature", TEMPERATURE), ("top_p", TOP_P), ("top_k", TOP_K), ("repeat_penalty", REPEAT_PENALTY))
 HEADER = (
     f"# MiniCPM-V 4.6 for Ollama >= {OLLAMA_MIN_VERSION}, written by minicpmv-gguf {__version__}.",
     "#   ollama create NAME -f Modelfile",
@@ -108,8 +107,8 @@ def render_modelfile(
         Command("from", f"./{mmproj_file}", 0),
         Command("requires", OLLAMA_MIN_VERSION, 0),
         Command("template", CHAT_TEMPLATE, 0),
-        *(Command("parameter", s, 0, "stop") for s in STOP),
-        *(Command("parameter", v, 0, k) for k, v in SAMPLING),
+        *(Command("parameter", s, 0, "stop") for s in STOP_STRINGS),
+        *(Command("parameter", str(v), 0, k) for k, v in SAMPLING),
         Command("parameter", str(num_ctx), 0, "num_ctx"),
     ]
     if system:

@@ -14,11 +14,9 @@ from typing import Any
 
 from ..errors import GGUFError, ModelLoadError
 from ..gguf_io import ArraySummary, GGUFHeader, check_gguf_complete
+from ..spec import LM_ARCH, MODE_BY_SCALE, POSITION_GRID, PROJECTOR
 
-LM_ARCH = "qwen35"
-PROJECTOR = "minicpmv4_6"
-MODE_BY_SCALE = {4: "16x", 2: "4x"}  # clip.vision.projector.scale_factor; clip.cpp's default is 4
-_POSITION_ROWS = 70 * 70  # clip.cpp hardcodes a 70x70 position-embedding grid for this projector
+_POSITION_ROWS = POSITION_GRID * POSITION_GRID
 _ARRAY_HEAD = 4096  # array items kept from the header: all of an mmproj's (mean, std, layer indexes)
 _U32 = ("UINT32",)
 # Keys clip.cpp reads with typed getters that GGML_ASSERT the stored type (spec: llamacpp-spec §2.1).
@@ -185,7 +183,10 @@ def _check_tensors(header: GGUFHeader, path: Path) -> None:
     if down[0] != width:
         raise ModelLoadError(f"{path}: mm.down.weight gives {down[0]}-wide embeddings but projection_dim is {width}")
     if pos[0] != _POSITION_ROWS:
-        raise ModelLoadError(f"{path}: v.position_embd.weight has {pos[0]} rows; libmtmd needs 70x70 = 4900")
+        raise ModelLoadError(
+            f"{path}: v.position_embd.weight has {pos[0]} rows; "
+            f"libmtmd needs {POSITION_GRID}x{POSITION_GRID} = {_POSITION_ROWS}"
+        )
 
 
 def check_pair(lm: LMHeader, mmproj: MmprojHeader) -> None:

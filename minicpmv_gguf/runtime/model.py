@@ -6,14 +6,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InputError, ModelLoadError
+from ..spec import DEFAULT_MAX_TOKENS, DEFAULT_MODE, DEFAULT_N_CTX, DETAIL_MODES
 from .chat import ChatSession
 from .headers import MmprojHeader, check_pair, read_lm_header, read_mmproj_header
 from .llm import LanguageModel
 from .media import DEFAULT_MAX_FRAMES
 from .native import physical_cores
 from .sampling import Sampling
-
-DETAIL_MODES = {"normal": "16x", "high": "4x"}  # 16x: 4x fewer visual tokens, faster; 4x: fine detail
 
 
 class Model:
@@ -29,7 +28,7 @@ class Model:
             InputError: that mode was not given, or `detail` is unknown.
         """
         if detail is None:
-            return self.mmprojs.get("16x") or next(iter(self.mmprojs.values()), None)
+            return self.mmprojs.get(DEFAULT_MODE) or next(iter(self.mmprojs.values()), None)
         if detail not in DETAIL_MODES:
             raise InputError(f"detail {detail!r}: choose {' or '.join(DETAIL_MODES)}")
         mode = DETAIL_MODES[detail]
@@ -48,8 +47,8 @@ class Model:
         thinking: bool = False,
         sampling: Sampling = Sampling(),
         system: str | None = None,
-        max_tokens: int = 1024,
-        n_ctx: int = 4096,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        n_ctx: int = DEFAULT_N_CTX,
         n_batch: int = 512,
         keep_vision: bool = False,
         max_frames: int = DEFAULT_MAX_FRAMES,

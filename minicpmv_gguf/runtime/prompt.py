@@ -21,9 +21,9 @@ from functools import cached_property
 from typing import Any
 
 from ..errors import InputError
+from ..spec import IMAGE_PAD, VIDEO_PAD, image_id
 from .media import Picture
 
-IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"  # what the 4.6 template emits per image / video item
 _SENTINELS = ("\ue000", "\ue001")  # private-use characters standing in for a future reply and question
 
 Message = dict[str, Any]
@@ -113,7 +113,7 @@ def layout(text: str, images: list[Picture], videos: list[list[Picture]]) -> lis
         i, pad = min(hits)
         pending += text[pos:i]
         if pad == IMAGE_PAD:
-            pending += f"<image_id>{next_image}</image_id>"
+            pending += image_id(next_image)
             segments += [nfc(pending), images[next_image]]
             next_image += 1
         else:

@@ -6,6 +6,7 @@ import codecs
 from dataclasses import dataclass
 
 from ..errors import InputError
+from ..spec import REPEAT_PENALTY, TEMPERATURE, TOP_K, TOP_P
 from .llm import Context, LanguageModel
 
 
@@ -14,16 +15,16 @@ class Sampling:
     """How the next token is chosen; temperature 0 means greedy (always the most likely token).
 
     The defaults are OpenBMB's recommendation for MiniCPM-V 4.6 (its llama.cpp guide and
-    generation_config: temperature 0.7, top-p 0.8, top-k 100, repeat penalty 1.05). The chain runs
+    generation_config; `spec.py`). The chain runs
     in llama.cpp's order: repeat penalty over the last `repeat_last_n` tokens (prompt text included),
     top-k, top-p, min-p, temperature, then a draw seeded by `seed` (None: a random seed). With the
     same seed, inputs and threads a reply is reproducible.
     """
 
-    temperature: float = 0.7
-    top_p: float = 0.8
-    top_k: int = 100
-    repeat_penalty: float = 1.05
+    temperature: float = TEMPERATURE
+    top_p: float = TOP_P
+    top_k: int = TOP_K
+    repeat_penalty: float = REPEAT_PENALTY
     repeat_last_n: int = 64
     min_p: float = 0.0
     seed: int | None = None

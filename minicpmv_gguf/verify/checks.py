@@ -23,6 +23,7 @@ from ..build.source import fingerprint, resolve_source, sha256_file
 from ..build.workdir import BuildLock
 from ..errors import VerifyError
 from ..gguf_io import read_gguf_header
+from ..spec import DEFAULT_MODE, LM_ARCH, MODE_BY_SCALE, MODES
 from .bounds import lm_float_bounds, lm_quant_bounds, mmproj_bounds
 from .reference import (
     N_THREADS,
@@ -110,7 +111,7 @@ def verify(
         src = resolve_source(checkpoint if checkpoint is not None else manifest["source"]["path"])
         files = {n: r for n, r in manifest["files"].items() if "link_to" not in r}
         rows = [_files_row(build_dir, manifest), _source_row(src.path, manifest)]
-        lms = [n for n, r in files.items() if r.get("architecture") == "qwen35"]
+        lms = [n for n, r in files.items() if r.get("architecture") == LM_ARCH]
         mmprojs = sorted(n for n, r in files.items() if r.get("architecture") == "clip")
         if not lms:
             raise VerifyError(f"{build_dir}: the manifest lists no LM GGUF")
@@ -255,9 +256,9 @@ def _image_rows(mmproj: Path, lm: Path, file_type: str | None, model, processor,
     from .vision import cosine_rows, hf_image_embeddings, mtmd_image_embeddings
 
     kvs = read_gguf_header(mmproj).kvs
-    mode = {4: "16x", 2: "4x"}.get(kvs.get("clip.vision.projector.scale_factor", 4), "16x")
+    mode = MODE_BY_SCALE.get(kvs.get("clip.vision.projector.scale_factor", MODES[DEFAULT_MODE]), DEFAULT_MODE)
     check, side = f"image {mode}", processor.image_processor.scale_resolution
-    width, n_embd = kvs.get("clip.vision.projection_dim"), read_gguf_header(lm).kvs.get("qwen35.embedding_length")
+    width, n_embd = kvs.get("clip.vision.projection_dim"), read_gguf_header(lm).kvs.get(f"{LM_ARCH}.embedding_length")
     if width != n_embd:  # libmtmd would abort the process on this
         return [Check(check, mmproj.name, "embedding width", f"{width} vs the LM's {n_embd}", "equal", False)]
     log.info("verify: image embeddings of %s (%dx%d image)", mmproj.name, side, side)

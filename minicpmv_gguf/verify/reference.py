@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..spec import DEFAULT_MODE
+
 N_THREADS = 2  # the tests' thread count: results do not depend on it, speed does
 
 
@@ -101,7 +103,7 @@ def stub_video_processor():
 
     class _NoVideoProcessor(BaseVideoProcessor):
         slice_mode = True
-        downsample_mode = "16x"
+        downsample_mode = DEFAULT_MODE
         use_image_id = False
 
     return _NoVideoProcessor()

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..runtime.native import route_native_logs
 from ..runtime.vision import MEDIA_MARKER, chunk_text_tokens, is_image_chunk, rgb_bitmap
+from ..spec import image_id
 from .reference import N_THREADS
 
 
@@ -217,4 +218,4 @@ def mtmd_prompt_from_hf(processor, messages_or_text) -> str:
     pad = processor.tokenizer.image_token
     if text.count(pad) != 1:
         raise ValueError(f"expected exactly one {pad} in the prompt, got {text.count(pad)}")
-    return text.replace(pad, f"<image_id>0</image_id>{MEDIA_MARKER}")
+    return text.replace(pad, f"{image_id(0)}{MEDIA_MARKER}")
