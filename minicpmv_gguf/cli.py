@@ -25,10 +25,9 @@ class _Group(click.Group):
             raise click.ClickException("out of memory (free some, or check the input for huge declared sizes)") from err
 
 
-# Measured on the full-size mmproj, 2 Zen 4 cores (benchmarks/results/runtime.md).
 MMPROJ_TYPE_HELP = (
-    "The mmproj's weight type: f16 (default) runs well everywhere, bf16 encodes 8–25 % faster "
-    "on CPUs with AVX-512 BF16, q8_0 needs 0.37 GB less memory."
+    "The mmproj's weight type: f16 (default) runs well everywhere, bf16 encodes faster on CPUs with "
+    "AVX-512 BF16, q8_0 needs the least memory (measurements: benchmarks/results/runtime.md)."
 )
 
 
@@ -36,12 +35,17 @@ MMPROJ_TYPE_HELP = (
 @click.version_option(__version__, prog_name="minicpmv-gguf")
 @click.option("-v", "--verbose", is_flag=True, help="Log more detail.")
 def cli(verbose: bool) -> None:
-    """Convert MiniCPM-V 4.6 to GGUF for llama.cpp.
+    """Convert, quantize, check and run MiniCPM-V 4.6 as GGUF files for llama.cpp on a CPU.
+
+    The main path: build the GGUFs (LM, mmproj, Ollama package), chat about an image, hand it to Ollama.
 
     \b
-        minicpmv-gguf convert ./MiniCPM-V-4_6 -o lm.gguf
-        minicpmv-gguf convert ./MiniCPM-V-4_6 -o lm-f16.gguf --outtype f16
-        minicpmv-gguf mmproj ./MiniCPM-V-4_6 -o mmproj.gguf --mode both
+        minicpmv-gguf build ./MiniCPM-V-4_6 -o minicpmv46
+        minicpmv-gguf run minicpmv46/lm-Q4_K_M.gguf --mmproj minicpmv46/mmproj-16x.gguf --image cat.jpg -p "What is it?"
+        minicpmv-gguf chat minicpmv46/lm-Q4_K_M.gguf --mmproj minicpmv46/mmproj-16x.gguf
+        ollama create minicpm-v4.6 -f minicpmv46/ollama/Modelfile
+
+    Each step alone: convert (LM), mmproj (vision), quantize, imatrix, eval, ollama, verify, inspect.
     """
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("minicpmv_gguf").setLevel(logging.DEBUG if verbose else logging.INFO)

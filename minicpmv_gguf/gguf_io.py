@@ -211,8 +211,8 @@ class GGUFHeader:
 def read_gguf_header(path: Path, *, array_head: int = 0) -> GGUFHeader:
     """Read a GGUF header fast: arrays (the 248k-token vocabulary) are skipped, tensor data never read.
 
-    gguf-py's GGUFReader parses every array: 13.5 s and 870 MB on the full-size LM; this takes
-    milliseconds. Use `read_metadata` when array values are needed.
+    gguf-py's GGUFReader parses every array, which dominates the time to open a model (README, "Speed
+    and memory"). Use `read_metadata` when array values are needed.
     Args:
         array_head: when > 0, arrays are kept in `kvs` as ArraySummary with this many first items.
     Raises:

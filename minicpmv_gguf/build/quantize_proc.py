@@ -1,7 +1,7 @@
 """quantize_in_child: llama.cpp's quantizer in a child process, so Ctrl-C stops it at once.
 
-Python handles SIGINT only between bytecodes: during the one long llama_model_quantize call (20 s on
-the full-size model, minutes on a laptop) Ctrl-C would wait. The child runs in its own session (no
+Python handles SIGINT only between bytecodes: during the one long llama_model_quantize call (the
+longest stage of a build) Ctrl-C would wait. The child runs in its own session (no
 terminal signals), writes only a `.part` file, and dies with its parent; the parent terminates it on
 Ctrl-C and renames the result into place itself, so nothing is ever left under a final name.
 """

@@ -2,8 +2,8 @@
 
 llama.cpp rejects most bad files politely, but clip.cpp asserts (aborting the process) on a wrong key
 type, a position table that is not 70x70 or an mmproj narrower than the LM. Every check here runs on
-the header alone, read by gguf_io's fast reader: gguf-py's GGUFReader parses the 248k-token vocabulary
-(11 s on the full-size LM, measured), which would dominate the time to open a model.
+the header alone, read by gguf_io's fast reader: gguf-py's GGUFReader parses the 248k-token vocabulary,
+which would dominate the time to open a model.
 """
 
 from __future__ import annotations
