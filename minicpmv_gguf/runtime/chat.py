@@ -19,8 +19,20 @@ from .media import ImageSource, Picture, fit_within, load_image, load_video
 from .prompt import ChatTemplate, Message, layout, nfc, tail_start, user_message
 from .reply import Clock, Reply, Timings, split_reasoning
 from .sampling import Sampler, Sampling, TextStream
-from .units import ImageSpan, PictureLayout, Prompt, TextRun, Unit
-from .vision import ImagePart, MediaChunks, Vision
+from .units import ImageSpan, PictureLayout, Prompt, TextRun, Unit, picture_layout
+from .vision import MediaChunks, Vision
+
+
+def stable_point(rendered: str, shared: int, prompt: Prompt, tokenize) -> int | None:
+    """The position that `shared` characters of the rendered prompt end at, when it falls in the last text
+    run (where the next turn's prompt will diverge: a snapshot point); None otherwise."""
+    tail = tail_start(rendered)
+    offset = shared - tail
+    last = prompt.units[-1]
+    if offset <= 0 or not isinstance(last, TextRun):
+        return None
+    head = tokenize(nfc(rendered[tail : tail + offset]))
+    return prompt.n_pos - last.n_pos + common_prefix(head, last.tokens)
 
 
 class ChatSession:
@@ -213,23 +225,12 @@ class ChatSession:
         return Prompt(prompt.units, self._stable(rendered, messages, prompt))
 
     def _stable(self, rendered: str, messages: list[Message], prompt: Prompt) -> int | None:
-        """The position of ChatTemplate.shared_prefix in the prompt's last text run, or None."""
-        tail = tail_start(rendered)
-        offset = self.template.shared_prefix(messages, enable_thinking=self.thinking) - tail
-        last = prompt.units[-1]
-        if offset <= 0 or not isinstance(last, TextRun):
-            return None
-        head = self.lm.tokenize(nfc(rendered[tail : tail + offset]))
-        return prompt.n_pos - last.n_pos + common_prefix(head, last.tokens)
+        shared = self.template.shared_prefix(messages, enable_thinking=self.thinking)
+        return stable_point(rendered, shared, prompt, self.lm.tokenize)
 
     def _layout(self, picture: Picture, clock: Clock) -> PictureLayout:
         if picture.digest not in self._layouts:
-            parts = self._media(picture, clock).parts
-            units = tuple(
-                ImageSpan(picture.digest, i, p.n_tokens, p.n_pos) if isinstance(p, ImagePart) else TextRun(tuple(p))
-                for i, p in enumerate(parts)
-            )
-            self._layouts[picture.digest] = PictureLayout(picture.digest, units)
+            self._layouts[picture.digest] = picture_layout(picture.digest, self._media(picture, clock).parts)
         return self._layouts[picture.digest]
 
     def _media(self, picture: Picture, clock: Clock) -> MediaChunks:
@@ -331,7 +332,8 @@ class ChatSession:
         encoded: int,
         first: float,
     ) -> Reply:
-        reasoning, answer = split_reasoning(raw)
+        # Without thinking the template closed the think block itself: a `</think>` in the reply is text.
+        reasoning, answer = split_reasoning(raw) if self.thinking else (None, raw.strip())
         s = clock.spent
         timings = Timings(
             prompt.n_pos,

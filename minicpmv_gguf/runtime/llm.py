@@ -80,7 +80,7 @@ class Context:
         params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = n_ctx, n_batch, n_batch, 1
         params.n_threads = params.n_threads_batch = threads
         params.no_perf = True
-        self.lm, self.n_batch, self.batch = lm, n_batch, None
+        self.lm, self.n_batch, self.batch, self._embd_batch = lm, n_batch, None, None
         self.ctx = llama_cpp.llama_init_from_model(lm.model, params)
         if not self.ctx:
             raise ModelLoadError(
@@ -93,11 +93,12 @@ class Context:
     def close(self) -> None:
         import llama_cpp
 
-        if self.batch is not None:
-            llama_cpp.llama_batch_free(self.batch)
+        for batch in (self.batch, self._embd_batch):
+            if batch is not None:
+                llama_cpp.llama_batch_free(batch)
         if self.ctx:
             llama_cpp.llama_free(self.ctx)
-        self.batch, self.ctx = None, None
+        self.batch, self._embd_batch, self.ctx = None, None, None
 
     def decode(self, tokens: list[int], pos0: int, *, logits_last: bool) -> None:
         """Evaluate `tokens` at positions pos0, pos0+1, ...; keep logits for the last one if asked."""
@@ -159,3 +160,43 @@ class Context:
             self.clear()
             return False
         return True
+
+    def save_state(self) -> bytes:
+        """The whole state of sequence 0 (attention KV cache and recurrent state), to put back later."""
+        import llama_cpp
+
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, 0)
+        assert written == size, (written, size)
+        return bytes(buf)
+
+    def restore_state(self, state: bytes) -> bool:
+        """Put back a `save_state()` state in place of sequence 0; False if llama.cpp refused it (then cleared)."""
+        import llama_cpp
+
+        self.clear()
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if llama_cpp.llama_state_seq_set_data(self.ctx, buf, len(state), 0) != len(state):
+            self.clear()
+            return False
+        return True
+
+    def decode_embd(self, embd, pos0: int) -> None:
+        """Evaluate embeddings float32 [n, n_embd] at positions pos0.. (causal, as libmtmd's helper does here)."""
+        import llama_cpp
+        import numpy as np
+
+        embd = np.ascontiguousarray(embd, dtype=np.float32)
+        n, width = embd.shape
+        if self._embd_batch is None:
+            self._embd_batch = llama_cpp.llama_batch_init(self.n_batch, width, 1)
+        b = self._embd_batch
+        for start in range(0, n, self.n_batch):
+            part = embd[start : start + self.n_batch]
+            ctypes.memmove(b.embd, part.ctypes.data, part.nbytes)
+            for i in range(len(part)):
+                b.pos[i], b.n_seq_id[i], b.logits[i] = pos0 + start + i, 1, False
+                b.seq_id[i][0] = 0
+            b.n_tokens = len(part)
+            self.check_decode(llama_cpp.llama_decode(self.ctx, b))

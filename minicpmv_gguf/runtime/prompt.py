@@ -57,7 +57,14 @@ class ChatTemplate:
         env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: datetime.now().strftime(fmt))
         return env.from_string(self.source)
 
-    def render(self, messages: list[Message], *, enable_thinking: bool, add_generation_prompt: bool = True) -> str:
+    def render(
+        self,
+        messages: list[Message],
+        *,
+        enable_thinking: bool,
+        add_generation_prompt: bool = True,
+        tools: list[dict] | None = None,
+    ) -> str:
         """The prompt text for `messages`.
 
         Raises:
@@ -66,21 +73,22 @@ class ChatTemplate:
         from jinja2.exceptions import TemplateError
 
         try:
+            extra = {"tools": tools} if tools else {}
             return self._compiled.render(
-                messages=messages, add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking
+                messages=messages, add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking, **extra
             )
         except TemplateError as err:
             raise InputError(f"the chat template rejected the conversation: {err}") from err
 
-    def shared_prefix(self, messages: list[Message], *, enable_thinking: bool) -> int:
+    def shared_prefix(self, messages: list[Message], *, enable_thinking: bool, tools: list[dict] | None = None) -> int:
         """How many characters of this turn's prompt the next turn's prompt will start with.
 
         The template rewrites a reply once it is history (the 4.6 template drops its `<think>` block), so
         only the prompt up to `<|im_start|>assistant\\n` is certain to be reused.
         """
-        now = self.render(messages, enable_thinking=enable_thinking)
+        now = self.render(messages, enable_thinking=enable_thinking, tools=tools)
         later = messages + [{"role": "assistant", "content": _SENTINELS[0]}, {"role": "user", "content": _SENTINELS[1]}]
-        return len(os.path.commonprefix([now, self.render(later, enable_thinking=enable_thinking)]))
+        return len(os.path.commonprefix([now, self.render(later, enable_thinking=enable_thinking, tools=tools)]))
 
 
 def user_message(text: str, n_images: int, has_video: bool) -> Message:

@@ -54,14 +54,25 @@ GREEDY = Sampling(temperature=0.0, repeat_penalty=1.0)
 class Sampler:
     """A llama.cpp sampler chain for one reply, primed with the prompt's text tokens for the repeat penalty."""
 
-    def __init__(self, sampling: Sampling, prompt_tokens: list[int], n_vocab: int) -> None:
+    def __init__(
+        self, sampling: Sampling, prompt_tokens: list[int], n_vocab: int, *, grammar: str | None = None, lm=None
+    ) -> None:
         import llama_cpp as L
 
         s = sampling
         self.chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         stages = []
+        if grammar is not None:  # first, so that every later stage sees only what the grammar allows
+            stage = L.llama_sampler_init_grammar(lm.vocab, grammar.encode(), b"root")
+            if not stage:
+                L.llama_sampler_free(self.chain)
+                raise InputError("llama.cpp could not parse the grammar for response_format")
+            stages.append(stage)
         if s.repeat_penalty != 1.0 and s.repeat_last_n > 0:
-            stages.append(L.llama_sampler_init_penalties(n_vocab, s.repeat_last_n, s.repeat_penalty, 0.0, 0.0))
+            penalties = L.llama_sampler_init_penalties(n_vocab, s.repeat_last_n, s.repeat_penalty, 0.0, 0.0)
+            for token in prompt_tokens[-s.repeat_last_n :]:  # primed alone: a grammar must not see the prompt
+                L.llama_sampler_accept(penalties, token)
+            stages.append(penalties)
         if s.greedy:
             stages.append(L.llama_sampler_init_greedy())
         else:
@@ -72,8 +83,6 @@ class Sampler:
             stages += [L.llama_sampler_init_temp(s.temperature), L.llama_sampler_init_dist(seed)]
         for stage in stages:
             L.llama_sampler_chain_add(self.chain, stage)  # the chain owns and frees its stages
-        for token in prompt_tokens[-s.repeat_last_n :] if s.repeat_last_n else []:
-            L.llama_sampler_accept(self.chain, token)
 
     def sample(self, context: Context) -> int:
         """The next token from the last logits of `context` (the chain also records it for the penalty)."""

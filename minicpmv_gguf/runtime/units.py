@@ -7,7 +7,7 @@ image sent again is recognised whatever object carries it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -86,3 +86,12 @@ class Prompt:
         for unit in self.units:
             yield pos, unit
             pos += unit.n_pos
+
+
+def picture_layout(image: str, parts: Sequence[list[int] | object]) -> PictureLayout:
+    """A picture's units from libmtmd's parts: token lists (framing) and image chunks (n_tokens, n_pos)."""
+    units = tuple(
+        TextRun(tuple(p)) if isinstance(p, list) else ImageSpan(image, i, p.n_tokens, p.n_pos)
+        for i, p in enumerate(parts)
+    )
+    return PictureLayout(image, units)
