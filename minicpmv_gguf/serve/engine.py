@@ -190,7 +190,6 @@ class Engine:
                 f"{self.n_ctx}; shorten the conversation, send fewer or smaller images, or start the server "
                 "with a larger --ctx"
             )
-        t1 = time.perf_counter()
         start = self._rewind(prompt.keys)
         self._prefill(prompt, start, set(image_ends + ([prompt.stable] if prompt.stable else [])), encoded)
         t2 = time.perf_counter()
