@@ -32,7 +32,7 @@ def ask(engine, messages, pictures=(), mode=None, **kw):
 
     job = Job(messages, tuple(pictures), mode, sampling=kw.pop("sampling", GREEDY), max_tokens=N_TOKENS, **kw)
     events = list(engine.run(job))
-    text = "".join(e.text for e in events if isinstance(e, Delta) and e.kind == "content")
+    text = "".join(e.text for e in events if isinstance(e, Delta)).strip()
     return text, events[-1]
 
 

@@ -24,7 +24,7 @@ from ..runtime.sampling import Sampler, Sampling, TextStream
 from ..runtime.units import ImageSpan, Key, Prompt, TextRun, Unit, picture_layout
 from ..runtime.vision import Vision
 from .caches import ByteLRU, EncodedImage, StateCache
-from .textflow import StopFilter, ThinkSplit
+from .textflow import StopFilter
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class Job:
     max_tokens: int = 1024
     stop: tuple[str, ...] = ()
     grammar: str | None = None
+    prefill: str = ""  # text the reply is made to start with (appended to the prompt, not generated)
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,7 @@ class Usage:
 
 @dataclass(frozen=True)
 class Delta:
-    kind: str  # "content" or "reasoning"
-    text: str
+    text: str  # the reply's next text, stop strings cut (reasoning and tool calls are the app's to parse)
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ class Engine:
 
     def prompt(self, job: Job) -> tuple[Prompt, list[int], dict[str, EncodedImage], float, int]:
         """(the prompt, the positions right after each picture, its pictures by digest, encode s, encoded)."""
-        rendered = self.template.render(job.messages, enable_thinking=job.thinking, tools=job.tools)
+        rendered = self.template.render(job.messages, enable_thinking=job.thinking, tools=job.tools) + job.prefill
         units: list[Unit] = []
         image_ends, encoded, encode_s, n_encoded = [], {}, 0.0, 0
         for seg in layout(rendered, list(job.pictures), []):
@@ -194,7 +194,7 @@ class Engine:
         self._prefill(prompt, start, set(image_ends + ([prompt.stable] if prompt.stable else [])), encoded)
         t2 = time.perf_counter()
         sampler = Sampler(job.sampling, list(prompt.text_tokens), self.lm.n_vocab, grammar=job.grammar, lm=self.lm)
-        text, stops, split = TextStream(self.lm), StopFilter(job.stop), ThinkSplit(job.thinking)
+        text, stops = TextStream(self.lm), StopFilter(job.stop)
         generated, reason, first = 0, "length", 0.0
         try:
             while generated < job.max_tokens and len(self.live) < self.n_ctx:
@@ -207,15 +207,15 @@ class Engine:
                     break
                 generated += 1
                 first = first or time.perf_counter()
-                for kind, piece in split.feed(stops.feed(text.push(token))):
-                    yield Delta(kind, piece)
+                if piece := stops.feed(text.push(token)):
+                    yield Delta(piece)
                 if stops.stopped:
                     reason = "stop"
                     break
                 if generated < job.max_tokens:
                     self._decode_text([token], logits=True)
-            for kind, piece in split.feed(stops.finish()) + split.finish():
-                yield Delta(kind, piece)
+            if piece := stops.finish():
+                yield Delta(piece)
         finally:
             sampler.close()
         t3 = time.perf_counter()
