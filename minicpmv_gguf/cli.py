@@ -554,6 +554,83 @@ def inspect_(gguf: Path, tensors: bool) -> None:
     click.echo(inspect_gguf(gguf).text(tensors=tensors))
 
 
+@cli.command()
+@click.argument("lm", type=click.Path(path_type=Path))
+@click.option(
+    "--mmproj", "mmprojs", multiple=True, type=click.Path(path_type=Path), help="An mmproj GGUF (repeatable)."
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--api-key", envvar="MINICPMV_GGUF_API_KEY", help="Require `Authorization: Bearer KEY` (env MINICPMV_GGUF_API_KEY)."
+)
+@click.option("--allow-insecure-bind", is_flag=True, help="Allow a non-loopback --host without --api-key.")
+@click.option(
+    "--ctx", type=click.IntRange(min=256), default=spec.DEFAULT_N_CTX, show_default=True, help="Context length."
+)
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: the physical cores).")
+@click.option("--model-id", default=spec.MODEL_ID, show_default=True, help="The model id /v1/models lists.")
+@click.option("--cors", "cors", multiple=True, help="Allow browser requests from this origin (repeatable).")
+@click.option("--allow-remote-images", is_flag=True, help="Fetch http(s) image URLs (10 MB, 10 s caps).")
+@click.option("--media-dir", type=click.Path(path_type=Path, file_okay=False), help="Serve file:// images under DIR.")
+@click.option("--max-body-mb", type=click.IntRange(min=1), default=32, show_default=True, help="Request body cap.")
+@click.option("--max-queued", type=click.IntRange(min=1), default=8, show_default=True, help="Requests that may wait.")
+@click.option(
+    "--image-cache-mb", type=click.IntRange(min=0), default=64, show_default=True, help="Image embeddings kept."
+)
+@click.option(
+    "--state-cache-mb", type=click.IntRange(min=0), default=256, show_default=True, help="Model-state snapshots kept."
+)
+def serve(
+    lm: Path,
+    mmprojs: tuple[Path, ...],
+    host: str,
+    port: int,
+    api_key: str | None,
+    allow_insecure_bind: bool,
+    ctx: int,
+    threads: int | None,
+    model_id: str,
+    cors: tuple[str, ...],
+    allow_remote_images: bool,
+    media_dir: Path | None,
+    max_body_mb: int,
+    max_queued: int,
+    image_cache_mb: int,
+    state_cache_mb: int,
+) -> None:
+    """An OpenAI-compatible server: POST /v1/chat/completions, GET /v1/models, GET /health.
+
+    \b
+        minicpmv-gguf serve lm-Q4_K_M.gguf --mmproj mmproj-16x.gguf --mmproj mmproj-4x.gguf
+        curl http://127.0.0.1:8080/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hi"}]}'
+    """
+    from .serve import Settings, run_server
+    from .serve.images import ImagePolicy
+
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        if not allow_insecure_bind:
+            raise click.UsageError(
+                f"--host {host} exposes the server to the network: set --api-key, or pass --allow-insecure-bind"
+            )
+        click.echo(f"warning: listening on {host} without an API key: anyone who can reach it can use it", err=True)
+    settings = Settings(
+        lm=lm,
+        mmprojs=mmprojs,
+        model_id=model_id,
+        n_ctx=ctx,
+        threads=threads,
+        api_key=api_key,
+        cors_origins=cors,
+        max_body_bytes=max_body_mb << 20,
+        max_queued=max_queued,
+        image_cache_bytes=image_cache_mb << 20,
+        state_cache_bytes=state_cache_mb << 20,
+        images=ImagePolicy(allow_remote=allow_remote_images, media_dir=media_dir),
+    )
+    run_server(settings, host=host, port=port)
+
+
 def main() -> None:
     cli(prog_name="minicpmv-gguf")
 

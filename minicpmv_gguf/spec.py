@@ -31,6 +31,8 @@ def image_id(k: int) -> str:
 # OpenBMB's sampling for MiniCPM-V 4.6 (its llama.cpp guide and generation_config.json).
 TEMPERATURE, TOP_P, TOP_K, REPEAT_PENALTY = 0.7, 0.8, 100, 1.05
 
+MODEL_ID = "minicpm-v4.6"  # the name `ollama` packages under and `serve` lists in /v1/models
+
 # The toolkit's defaults for a chat: the context every command and the Ollama package use, and the longest reply.
 DEFAULT_N_CTX = 4096
 DEFAULT_MAX_TOKENS = 1024

@@ -17,14 +17,14 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import OllamaError, OutputError
-from ..spec import DEFAULT_N_CTX, LM_ARCH, PROJECTOR, REPEAT_PENALTY, STOP_STRINGS, TEMPERATURE, TOP_K, TOP_P
+from ..spec import DEFAULT_N_CTX, LM_ARCH, MODEL_ID, PROJECTOR, REPEAT_PENALTY, STOP_STRINGS, TEMPERATURE, TOP_K, TOP_P
 from .validate import Command, check_modelfile, classify_gguf, parse_modelfile
 
 log = logging.getLogger(__name__)
 
 # The first Ollama that runs GGUFs on llama-server, whose llama.cpp knows qwen35 and the minicpmv4_6 projector.
 OLLAMA_MIN_VERSION = "0.30.0"
-DEFAULT_NAME = "minicpm-v4.6"
+DEFAULT_NAME = MODEL_ID
 DEFAULT_NUM_CTX = DEFAULT_N_CTX
 # OpenBMB's recommended sampling for MiniCPM-V 4.6 (its llama.cpp guide), not generation_config.json's.
 SAMPLING = (("temperature", TEMPERATURE), ("top_p", TOP_P), ("top_k", TOP_K), ("repeat_penalty", REPEAT_PENALTY))
