@@ -378,3 +378,43 @@ def test_the_openai_client_assembles_the_streamed_calls():
     calls = choice.message.tool_calls
     assert [(c.id, c.function.name) for c in calls] == [("call_0", "typed"), ("call_1", "get_weather")]
     assert json.loads(calls[0].function.arguments) == TYPED_ARGS
+
+
+FRAGMENTS = [
+    "<tool_call>",
+    "</tool_call>",
+    "<function=",
+    "get_weather>",
+    "typed>",
+    "</function>",
+    "<parameter=",
+    "city>",
+    "n>",
+    "</parameter>",
+    "</think>",
+    "\n",
+    " ",
+    "x",
+    "<",
+    ">",
+    "/",
+    "7",
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.sampled_from(FRAGMENTS), max_size=40).map("".join),
+    st.lists(st.integers(min_value=0, max_value=300), max_size=10),
+    st.booleans(),
+)
+def test_any_text_parses_the_same_however_it_is_split(text, cuts, thinking):
+    bounds = sorted({min(c, len(text)) for c in cuts})
+    pieces = [text[a:b] for a, b in zip([0, *bounds], [*bounds, len(text)])]
+    whole = parse([text], {"thinking": thinking})
+    assert parse(pieces, {"thinking": thinking}) == whole
+    if not any(isinstance(ev, ToolCallStart) for ev in whole):  # without calls, no text but layout is dropped
+        think, call = text.find("</think>"), text.find("<tool_call>")
+        ends_reasoning = thinking and think >= 0 and (call < 0 or think < call)
+        expected = text[:think] + text[think + len("</think>") :] if ends_reasoning else text
+        assert "".join(ev.text for ev in whole).replace("\n", "") == expected.replace("\n", "")

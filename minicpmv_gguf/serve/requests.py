@@ -183,7 +183,9 @@ def _check_message(i: int, message: Message) -> None:
     where = f"messages[{i}]"
     if message.role not in ROLES:
         raise ServeError(
-            400, f"{where}: unsupported role {message.role!r} (expected one of {', '.join(ROLES)})", param="messages"
+            400,
+            f"{where}: unsupported role {message.role[:40]!r} (expected one of {', '.join(ROLES)})",
+            param="messages",
         )
     if message.content is None and message.role != "assistant":
         raise ServeError(400, f"{where}: a {message.role} message needs content", param="messages")
@@ -193,7 +195,9 @@ def _check_message(i: int, message: Message) -> None:
         part_where = f"{where}.content[{j}]"
         if part.type not in PART_TYPES:
             raise ServeError(
-                400, f"{part_where}: unsupported content part type {part.type!r} (expected text or image_url)"
+                400,
+                f"{part_where}: unsupported content part type {part.type[:40]!r} (expected text or image_url)",
+                param="messages",
             )
         if part.type == "text" and part.text is None:
             raise ServeError(422, f"{part_where}.text: Field required", param=f"{part_where}.text")
