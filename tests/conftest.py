@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 # The runtime fixtures (tiny_files, bad_files) live beside the cases that use them.
-pytest_plugins = ["tests.runtime_cases"]
+pytest_plugins = ["tests.runtime_cases", "tests.serve_cases"]
 
 
 @pytest.fixture(autouse=True)

@@ -109,6 +109,10 @@ class TextStream:
         self.raw += piece
         return self._decoder.decode(piece)
 
+    def flush(self) -> str:
+        """What is held back at the end: an incomplete character becomes U+FFFD, as `text()` writes it."""
+        return self._decoder.decode(b"", final=True)
+
     def text(self) -> str:
         """Everything pushed so far, as text."""
         return self.raw.decode("utf-8", "replace")

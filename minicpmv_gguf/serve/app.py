@@ -1,5 +1,7 @@
 """The OpenAI-compatible HTTP app: `create_app(settings)` loads the model and returns a FastAPI app.
 
+FastAPI reads the endpoints' annotations at run time, so its names are imported at module level.
+
 Endpoints: POST /v1/chat/completions (streamed as server-sent events or not), GET /v1/models, GET /health.
 Requests run one at a time on the engine's thread; the rest wait in a bounded queue (503 when full).
 """
@@ -13,6 +15,10 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from .. import __version__, spec
 from ..errors import InputError
@@ -53,10 +59,6 @@ def create_app(settings: Settings):
     Raises:
         ModelLoadError: a GGUF is missing, broken or does not fit the other.
     """
-    from fastapi import FastAPI, Request
-    from fastapi.middleware.cors import CORSMiddleware
-    from fastapi.responses import JSONResponse, StreamingResponse
-
     model = open_model(settings.lm, list(settings.mmprojs), threads=settings.threads)
     engine = Engine(
         model.lm,
@@ -136,9 +138,7 @@ def create_app(settings: Settings):
     return app
 
 
-def _too_large(cap: int):
-    from fastapi.responses import JSONResponse
-
+def _too_large(cap: int) -> JSONResponse:
     return JSONResponse(error_body(f"the request body is over the {cap >> 20} MB cap", status=413), status_code=413)
 
 
@@ -183,7 +183,7 @@ def _job(task: ChatTask, engine: Engine, mmprojs: dict, policy: ImagePolicy) -> 
         task.template_messages(),
         pictures,
         mode,
-        thinking=task.thinking,
+        thinking=task.thinking and task.grammar is None,  # a grammar from the first token leaves no room to think
         tools=task.template_tools(),
         sampling=sampling,
         max_tokens=s.max_tokens or spec.DEFAULT_MAX_TOKENS,

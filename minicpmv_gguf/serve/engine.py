@@ -214,7 +214,7 @@ class Engine:
                     break
                 if generated < job.max_tokens:
                     self._decode_text([token], logits=True)
-            if piece := stops.finish():
+            if piece := stops.feed(text.flush()) + stops.finish():
                 yield Delta(piece)
         finally:
             sampler.close()
