@@ -198,7 +198,7 @@ class _Reply:
 
     def __init__(self, task: ChatTask, job: Job) -> None:
         self.task, self.id, self.created = task, f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        self.parser = ReplyParser(task.template_tools(), thinking=task.thinking, parse_tool_calls=bool(task.tools))
+        self.parser = ReplyParser(task.template_tools(), thinking=job.thinking, parse_tool_calls=bool(task.tools))
         self.events = self.parser.feed(job.prefill) if job.prefill else []
 
     def feed(self, event) -> list:
