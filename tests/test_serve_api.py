@@ -252,3 +252,21 @@ def test_a_client_that_disconnects_frees_the_server(server):
         time.sleep(0.05)
     assert not server.health()["busy"], "the generation went on after its client left"
     assert ask(server, [user("hi")], max_tokens=2).choices
+
+
+def test_an_image_prepared_ahead_is_not_encoded_again(server, serve_files):
+    import httpx
+
+    from tests.fixtures.tiny_checkpoint import make_image
+
+    path = serve_files.root / "ahead.png"
+    make_image(96, 80, seed=11).save(path)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    r = httpx.post(f"{server.url}/v1/images/prepare", json={"image_url": {"url": data_uri(path)}}, headers=headers)
+    assert r.status_code == 200, r.text
+    [image] = r.json()["images"]
+    assert image["tokens"] > 0 and not image["cached"]
+    reply = ask(server, [user("What is it?", data_uri(path))])
+    assert reply.model_extra["timings"]["images_encoded"] == 0
+    bad = httpx.post(f"{server.url}/v1/images/prepare", json={"image": "x"}, headers=headers)
+    assert bad.status_code == 400 and "image_url" in bad.json()["error"]["message"]

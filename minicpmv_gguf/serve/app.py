@@ -113,6 +113,19 @@ def create_app(settings: Settings):
         }
         return {"object": "list", "data": [card]}
 
+    @app.post("/v1/images/prepare")
+    async def prepare_image(request: Request):
+        """Encode an image ahead of the question that will use it (a chat page calls this on attach)."""
+        body = await _read_body(request, settings.max_body_bytes)
+        ref = _prepare_ref(body)
+        job = await asyncio.to_thread(_job, ref, engine, model.mmprojs, settings.images)
+        ticket = worker.submit(lambda cancel: _encode_all(engine, job))
+        try:
+            result = await ticket.next()
+        finally:
+            ticket.cancel.set()
+        return result
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = await _read_body(request, settings.max_body_bytes)
@@ -191,6 +204,33 @@ def _job(task: ChatTask, engine: Engine, mmprojs: dict, policy: ImagePolicy) -> 
         grammar=task.grammar,
         prefill=forced_prefix(task.tool_choice, task.tool_name),
     )
+
+
+def _prepare_ref(body: bytes) -> ChatTask:
+    """A one-image task from `{"image_url": {"url": ..., "detail": ...}}` (the chat request's part shape)."""
+    try:
+        data = json.loads(body)
+        part = {"type": "image_url", "image_url": data["image_url"]}
+    except (ValueError, KeyError, TypeError) as err:
+        raise ServeError(400, 'the body must be {"image_url": {"url": ..., "detail": ...}}') from err
+    request = {"messages": [{"role": "user", "content": [part]}]}
+    return chat_task(parse_chat_request(request))
+
+
+def _encode_all(engine: Engine, job: Job):
+    """The worker's job for /v1/images/prepare: encode (or find) each picture; one summary dict."""
+    t0 = time.perf_counter()
+    hits = [engine.images.get((engine.mmproj(job.mode).mode, p.digest)) is not None for p in job.pictures]
+    encoded = [engine.encode(p, job.mode) for p in job.pictures]
+    yield {
+        "object": "image.prepared",
+        "mode": engine.mmproj(job.mode).mode,
+        "images": [
+            {"id": p.digest, "tokens": e.layout.image_positions, "cached": hit}
+            for p, e, hit in zip(job.pictures, encoded, hits)
+        ],
+        "encode_ms": (time.perf_counter() - t0) * 1e3,
+    }
 
 
 class _Reply:
