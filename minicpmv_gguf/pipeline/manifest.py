@@ -76,19 +76,20 @@ def write_manifest(out_dir: Path, data: Mapping[str, Any]) -> Path:
 
 def tool_versions() -> ToolVersions:
     """The toolkit's, gguf-py's, llama-cpp-python's and its bundled libllama's versions."""
-    versions = {}
-    for dist in ("gguf", "llama-cpp-python"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
     try:
         import llama_cpp
 
         libllama = llama_cpp.llama_version().decode()
     except (ImportError, AttributeError, OSError):
         libllama = None
-    return ToolVersions(__version__, versions["gguf"], versions["llama-cpp-python"], libllama)
+    return ToolVersions(__version__, _dist_version("gguf"), _dist_version("llama-cpp-python"), libllama)
+
+
+def _dist_version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def file_record(path: Path, sha256: str, stage: str) -> FileRecord:

@@ -311,7 +311,7 @@ class _Run:
         o, fp, tools = self.options, self.source.fingerprint, self.tools.to_json()
         converter = {k: tools[k] for k in ("minicpmv_gguf", "gguf")}  # a new converter may write other bytes
         if key == "convert":
-            return {"outtype": _lm_outtype(self.options), "source": fp, "tools": converter}
+            return {"outtype": _lm_outtype(o), "source": fp, "tools": converter}
         if key == "quantize":
             return {
                 "qtype": o.quant,
