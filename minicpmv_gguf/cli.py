@@ -437,7 +437,7 @@ def chat(stats: bool, **opts) -> None:
         Repl(session, stats=stats).run()
 
 
-@cli.command("build")
+@cli.command()
 @click.argument("source")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The build directory.")
 @click.option(
@@ -469,7 +469,7 @@ def chat(stats: bool, **opts) -> None:
 @click.option("--verify", "then_verify", is_flag=True, help="Then run `verify` (needs torch and transformers).")
 @click.option("--force", is_flag=True, help="Build into a directory that holds something else; redo every stage.")
 @click.pass_context
-def build_(
+def build(
     ctx: click.Context,
     source: str,
     out: Path,
@@ -493,9 +493,9 @@ def build_(
         minicpmv-gguf build ./MiniCPM-V-4_6 -o minicpm-v4.6
         minicpmv-gguf build openbmb/MiniCPM-V-4.6 -o minicpm-v4.6 --modes 16x,4x
     """
-    from .build import StageProgress, build
+    from . import pipeline
 
-    result = build(
+    result = pipeline.build(
         source,
         out,
         quant=quant,
@@ -508,7 +508,7 @@ def build_(
         revision=revision,
         threads=threads,
         force=force,
-        progress=StageProgress(sys.stderr),
+        progress=pipeline.StageProgress(sys.stderr),
     )
     click.echo(result.summary())
     if then_verify:

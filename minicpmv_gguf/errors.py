@@ -27,6 +27,14 @@ class OutputError(ToolkitError):
     """The output path cannot be written (exists, unwritable directory, disk full)."""
 
 
+class ManifestError(OutputError):
+    """A build directory's manifest.json is unreadable, of another version, or has a malformed field."""
+
+
+class OptionError(ToolkitError):
+    """A `build` option that is not one of its choices (mmproj modes, output types)."""
+
+
 class QuantizeError(ToolkitError):
     """A quantization request llama.cpp cannot carry out (type, imatrix, input), or that it rejected."""
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from minicpmv_gguf import __version__
-from minicpmv_gguf.build import MANIFEST, StageProgress, build, fingerprint
-from minicpmv_gguf.build.progress import eta
 from minicpmv_gguf.errors import OllamaError, OutputError, QuantizeError, SourceError, ToolkitError
+from minicpmv_gguf.pipeline import MANIFEST, StageProgress, build, fingerprint
+from minicpmv_gguf.pipeline.progress import eta
 from tests.conftest import tree_digest
 from tests.test_cli_convert import run_cli
 
@@ -271,7 +271,7 @@ def test_bad_options_and_outputs_fail_before_any_work(tiny_ckpt, tmp_path):
 
 
 def test_manifest_write_failure_keeps_the_old_manifest(built, monkeypatch):
-    from minicpmv_gguf.build import manifest as mf
+    from minicpmv_gguf.pipeline import manifest as mf
 
     result, _ = built
     before = (result.out_dir / MANIFEST).read_bytes()
@@ -293,7 +293,7 @@ def test_a_second_build_in_the_same_directory_fails_fast(tiny_ckpt, tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys; from minicpmv_gguf.build import BuildLock; "
+            "import sys; from minicpmv_gguf.pipeline import BuildLock; "
             "lock = BuildLock(sys.argv[1]).__enter__(); print('locked', flush=True); sys.stdin.read()",
             str(out),
         ],

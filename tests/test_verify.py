@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minicpmv_gguf.build import MANIFEST, build, sha256_file
 from minicpmv_gguf.errors import VerifyError
 from minicpmv_gguf.gguf_io import read_gguf_header
+from minicpmv_gguf.pipeline import MANIFEST, build, sha256_file
 from tests.test_cli_convert import run_cli
 
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from ..build.manifest import matches, read_manifest, write_manifest
-from ..build.source import fingerprint, resolve_source, sha256_file
-from ..build.workdir import BuildLock
 from ..errors import VerifyError
 from ..gguf_io import read_gguf_header
+from ..pipeline.manifest import matches, read_manifest, write_manifest
+from ..pipeline.source import fingerprint, resolve_source, sha256_file
+from ..pipeline.workdir import BuildLock
 from ..spec import DEFAULT_MODE, LM_ARCH, MODE_BY_SCALE, MODES
 from .bounds import lm_float_bounds, lm_quant_bounds, mmproj_bounds
 from .reference import (

@@ -6,7 +6,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from .manifest import MANIFEST
+from .records import MANIFEST
 from .source import Source
 
 

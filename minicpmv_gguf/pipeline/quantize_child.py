@@ -1,4 +1,4 @@
-"""The child side of quantize_in_child: `python -m minicpmv_gguf.build.quantize_child JOB_JSON`.
+"""The child side of quantize_in_child: `python -m minicpmv_gguf.pipeline.quantize_child JOB_JSON`.
 
 Messages are JSON lines on the original stdout; fd 1 is pointed at stderr so that nothing native can
 mix into them. A watchdog ends the child when its parent is gone (a killed build).

@@ -37,7 +37,7 @@ def quantize_in_child(
         "PYTHONPATH": os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), os.environ.get("PYTHONPATH")])),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "minicpmv_gguf.build.quantize_child", json.dumps(job)],
+        [sys.executable, "-m", "minicpmv_gguf.pipeline.quantize_child", json.dumps(job)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         text=True,

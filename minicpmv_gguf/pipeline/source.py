@@ -11,12 +11,13 @@ import hashlib
 import os
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import SourceError
+from .records import SourceFile, Where
 
 # The files a conversion reads (config, weights, tokenizer, templates, model card); the hub download takes these only.
 SOURCE_PATTERNS = ("*.json", "*.safetensors", "*.jinja", "*.txt", "README.md")
@@ -61,8 +62,7 @@ def resolve_source(source: str | Path, *, revision: str | None = None, timeout: 
 
 def _download(repo_id: str, revision: str | None, timeout: float) -> Source:
     try:
-        from huggingface_hub import constants, snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
+        from huggingface_hub import constants, errors, snapshot_download
     except ImportError:
         raise SourceError(
             f"{repo_id}: downloading a Hugging Face repo needs huggingface_hub "
@@ -80,16 +80,30 @@ def _download(repo_id: str, revision: str | None, timeout: float) -> Source:
                 etag_timeout=timeout,
             )
         )
-    except LocalEntryNotFoundError:
+    except errors.LocalEntryNotFoundError:
         raise SourceError(
             f"{repo_id}: {reason or 'the download failed'} and the repo is not in the local Hugging Face "
             "cache; download it where the hub is reachable, or give a local checkpoint directory"
         ) from None
-    except Exception as err:  # the hub's HTTP errors (unknown repo, gated, bad revision) and network errors
+    except _hub_errors(errors) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SourceError(f"{repo_id}: cannot download it from the Hugging Face hub: {first}") from err
     # snapshot_download returns .../snapshots/<commit>; the commit pins what was converted.
     return Source(path, "hub", repo_id, path.name, repo_id.split("/")[1], f"https://huggingface.co/{repo_id}")
+
+
+def _hub_errors(errors) -> tuple[type[BaseException], ...]:
+    """What snapshot_download raises for a repo it cannot fetch; anything else is a bug and is not hidden.
+
+    OSError covers disk errors and requests' network errors (huggingface_hub < 1); errors.HTTPError is the
+    HTTP client's base class, httpx's in huggingface_hub >= 1, whose connection errors are not OSErrors.
+    """
+    return (
+        errors.HfHubHTTPError,  # RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError, 5xx, ...
+        errors.HFValidationError,  # a repo id the hub refuses, such as "a--b/c"
+        getattr(errors, "HTTPError", OSError),
+        OSError,
+    )
 
 
 def _unreachable(endpoint: str, timeout: float) -> str | None:
@@ -114,13 +128,16 @@ def source_files(path: Path) -> list[Path]:
 
 
 def fingerprint(
-    path: Path, cache: dict[str, dict] | None = None, progress: Callable[[int, int], None] | None = None
-) -> tuple[str, dict[str, dict]]:
-    """(sha256 of the checkpoint's content, {file name: {size, mtime_ns, sha256}}).
+    path: Path,
+    cache: Mapping[str, SourceFile | Mapping] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[str, dict[str, SourceFile]]:
+    """(sha256 of the checkpoint's content, {file name: SourceFile}).
 
     `cache` holds earlier records of the same directory; a file whose size and mtime match is not re-read.
     """
-    cache = cache or {}
+    # verify passes the manifest's JSON (read_manifest)
+    cache = {n: r if isinstance(r, SourceFile) else SourceFile.from_json(r, Where()) for n, r in (cache or {}).items()}
     stats = {p.name: (p, p.stat()) for p in source_files(path)}
     todo = {name for name, (_, st) in stats.items() if not _cached(cache.get(name), st)}
     total, done = sum(stats[n][1].st_size for n in todo), 0
@@ -136,14 +153,14 @@ def fingerprint(
 
             sha = sha256_file(p, step)
         else:
-            sha = cache[name]["sha256"]
-        records[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha}
-    digest = hashlib.sha256("".join(f"{n}\t{r['size']}\t{r['sha256']}\n" for n, r in records.items()).encode())
+            sha = cache[name].sha256
+        records[name] = SourceFile(st.st_size, st.st_mtime_ns, sha)
+    digest = hashlib.sha256("".join(f"{n}\t{r.size}\t{r.sha256}\n" for n, r in records.items()).encode())
     return digest.hexdigest(), records
 
 
-def _cached(record: dict | None, st: os.stat_result) -> bool:
-    return bool(record) and record.get("size") == st.st_size and record.get("mtime_ns") == st.st_mtime_ns
+def _cached(record: SourceFile | None, st: os.stat_result) -> bool:
+    return record is not None and (record.size, record.mtime_ns) == (st.st_size, st.st_mtime_ns)
 
 
 def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import OutputError
-from .manifest import MANIFEST
+from .records import MANIFEST, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def check_out_dir(out_dir: Path, source_path: Path) -> None:
         raise OutputError(f"{out_dir}: is the checkpoint directory or inside it; choose another output directory")
 
 
-def refuse_foreign(out_dir: Path, manifest: dict | None, fingerprint: str | None, *, force: bool) -> None:
+def refuse_foreign(out_dir: Path, manifest: Manifest | None, fingerprint: str | None, *, force: bool) -> None:
     """Only an earlier build of the same source may be resumed; anything else needs --force.
 
     Raises:
@@ -106,9 +106,8 @@ def refuse_foreign(out_dir: Path, manifest: dict | None, fingerprint: str | None
                 "use --force to build into it anyway, or choose another directory"
             )
         return
-    if fingerprint is not None and manifest.get("source", {}).get("fingerprint") != fingerprint:
-        was = manifest.get("source", {}).get("describe", "another checkpoint")
+    if fingerprint is not None and manifest.source.fingerprint != fingerprint:
         raise OutputError(
-            f"{out_dir}: holds a build of a different source ({was}); use --force to replace it, "
+            f"{out_dir}: holds a build of a different source ({manifest.source.describe}); use --force to replace it, "
             "or choose another directory"
         )
