@@ -555,7 +555,7 @@ def inspect_(gguf: Path, tensors: bool) -> None:
 
 
 @cli.command()
-@click.argument("lm", type=click.Path(path_type=Path))
+@click.argument("lm", metavar="BUILD_DIR|LM.gguf", type=click.Path(path_type=Path))
 @click.option(
     "--mmproj", "mmprojs", multiple=True, type=click.Path(path_type=Path), help="An mmproj GGUF (repeatable)."
 )
@@ -601,12 +601,18 @@ def serve(
 ) -> None:
     """An OpenAI-compatible server: POST /v1/chat/completions, GET /v1/models, GET /health.
 
+    BUILD_DIR is a folder `build` wrote (its LM and every mmproj mode); or give the LM GGUF and --mmproj files.
+
     \b
+        minicpmv-gguf serve minicpmv46/
         minicpmv-gguf serve lm-Q4_K_M.gguf --mmproj mmproj-16x.gguf --mmproj mmproj-4x.gguf
         curl http://127.0.0.1:8080/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hi"}]}'
     """
+    from .pipeline.folder import gguf_paths
     from .serve import Settings, run_server
     from .serve.images import ImagePolicy
+
+    lm, mmprojs = gguf_paths(lm, mmprojs)
 
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         if not allow_insecure_bind:

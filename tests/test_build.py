@@ -375,3 +375,18 @@ def test_hub_repo_id_builds_from_the_local_cache_offline(tiny_ckpt, tmp_path):
     source = json.loads((out / MANIFEST).read_text())["source"]
     assert (source["kind"], source["repo_id"], source["revision"]) == ("hub", "tiny/minicpmv", commit)
     assert source["fingerprint"] == fingerprint(tiny_ckpt)[0]
+
+
+def test_a_build_folder_stands_for_its_ggufs(built, tmp_path):
+    from minicpmv_gguf.errors import ManifestError
+    from minicpmv_gguf.pipeline.folder import build_files, gguf_paths
+
+    result, _ = built
+    files = build_files(result.out_dir)
+    assert files.lm == result.lm and files.mmprojs == {m: p for m, p in result.mmprojs.items()}
+    assert gguf_paths(result.out_dir) == (result.lm, tuple(result.mmprojs.values()))
+    assert gguf_paths(tmp_path / "lm.gguf", (tmp_path / "m.gguf",)) == (tmp_path / "lm.gguf", (tmp_path / "m.gguf",))
+    with pytest.raises(ManifestError, match="brings its own mmproj"):
+        gguf_paths(result.out_dir, (tmp_path / "m.gguf",))
+    with pytest.raises(ManifestError, match="not a build folder"):
+        build_files(tmp_path)
