@@ -1,6 +1,6 @@
 """Logit and embedding metrics shared by `eval` (quantize/evaluate.py) and `verify` (verify/checks.py).
 
-Every function accumulates in float64, whatever the input dtype. Variances are centred: a batch's own
+Every sum is taken in float64, whatever the input dtype. Variances are centred: a batch's own
 moments come from two passes and batches are merged with Chan et al.'s pairwise update, never from
 E[x^2] - E[x]^2, which cancels catastrophically when the mean is large against the spread.
 """
@@ -86,9 +86,9 @@ def moments(x: np.ndarray) -> Moments:
 
 def merge_moments(a: Moments, b: Moments) -> Moments:
     """The moments of two disjoint sets from theirs (Chan et al.): exact up to rounding, order-free."""
+    if not a.n or not b.n:
+        return b if a.n == 0 else a
     n = a.n + b.n
-    if n == 0:
-        return a
     delta = b.mean - a.mean
     return Moments(n, a.mean + delta * b.n / n, a.m2 + b.m2 + delta * delta * a.n * b.n / n)
 
