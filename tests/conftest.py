@@ -1,14 +1,45 @@
-"""Shared fixtures: tiny random MiniCPM-V 4.6 checkpoints (built once per session) and their LM GGUFs."""
+"""Shared fixtures: tiny random MiniCPM-V 4.6 checkpoints (built once per session) and their LM GGUFs.
+
+Every test that uses one of the checkpoints is marked `slow`: they are built with torch and transformers.
+`pytest -m "not slow"` runs the rest, and fails if torch or transformers got imported all the same.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import sys
 from pathlib import Path
 
 import pytest
 
 # The runtime fixtures (tiny_files, bad_files) live beside the cases that use them.
 pytest_plugins = ["tests.runtime_cases", "tests.serve_cases"]
+
+TORCH_FIXTURES = {"tiny_ckpt", "tiny_ckpt_vheads", "tiny_ckpt_bf16", "tiny_ckpt_kquant"}
+TORCH_MODULES = ("torch", "transformers")
+_no_slow_selected = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items):
+    # fixturenames is the whole closure, so a fixture built on a checkpoint counts too.
+    for item in items:
+        if TORCH_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_collection_finish(session):
+    session.config.stash[_no_slow_selected] = not any(item.get_closest_marker("slow") for item in session.items)
+
+
+def pytest_sessionfinish(session):
+    # The fast subset must run where torch is not installed; an import that slipped in fails the run here.
+    loaded = [m for m in TORCH_MODULES if m in sys.modules]
+    if session.config.stash.get(_no_slow_selected, False) and loaded:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write("\n")
+            reporter.write_sep("=", f"FAILED: no slow test ran, yet {' and '.join(loaded)} got imported", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(autouse=True)
@@ -88,13 +119,3 @@ def convert_mmproj_session(tmp_path_factory):
         return cache[key]
 
     return convert
-
-
-def tree_digest(path: Path) -> str:
-    """A digest of every file under path (names and bytes): proves inputs were not modified."""
-    h = hashlib.sha256()
-    for p in sorted(path.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(path)).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()

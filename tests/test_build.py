@@ -6,6 +6,7 @@ Skipped stages are proven by inodes and mtimes that do not change, and by the st
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -22,8 +23,7 @@ from minicpmv_gguf import __version__
 from minicpmv_gguf.errors import OllamaError, OutputError, QuantizeError, SourceError, ToolkitError
 from minicpmv_gguf.pipeline import MANIFEST, StageProgress, build, fingerprint
 from minicpmv_gguf.pipeline.progress import eta
-from tests.conftest import tree_digest
-from tests.test_cli_convert import run_cli
+from tests.helpers import run_cli, tree_digest
 
 
 def snapshot(out: Path) -> dict[str, tuple[int, int]]:
@@ -317,6 +317,7 @@ def test_a_second_build_in_the_same_directory_fails_fast(tiny_ckpt, tmp_path):
     assert run_cli("build", tiny_ckpt, "-o", out, "--no-ollama").returncode == 0  # free again
 
 
+@pytest.mark.skipif(importlib.util.find_spec("huggingface_hub") is None, reason="needs huggingface_hub (the hub extra)")
 def test_hub_repo_id_offline_fails_fast_and_cleanly(tmp_path, monkeypatch):
     out = tmp_path / "out"
     with pytest.raises(SourceError, match="HF_HUB_OFFLINE is set and the repo is not in the local Hugging Face cache"):

@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import tree_digest
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "minicpmv_gguf.cli", *map(str, args)], capture_output=True, text=True, timeout=300
-    )
+from tests.helpers import copy_tree, edit_json, run_cli, tree_digest
 
 
 def test_convert_prints_progress_and_a_summary(tiny_ckpt, tmp_path):
@@ -36,17 +27,6 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tiny_ckpt, tmp_path):
     assert "model.language_model.layers.0.linear_attn.A_log -> blk.0.ssm_a  F32 -> F32  [2]" in r.stdout
     assert "nothing written" in r.stdout.splitlines()[-1]
     assert list(tmp_path.iterdir()) == []
-
-
-def _copy(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
-def _edit_json(path: Path, edit) -> None:
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data))
 
 
 def _truncate(path: Path, fraction: float = 0.5) -> None:
@@ -81,7 +61,7 @@ def _add_i64_tensor(header: dict, end: int) -> None:
 
 def _token_past_vocab(ckpt: Path) -> None:
     vocab_size = json.loads((ckpt / "config.json").read_text())["text_config"]["vocab_size"]
-    _edit_json(
+    edit_json(
         ckpt / "tokenizer.json",
         lambda t: t["added_tokens"].append(
             {
@@ -99,7 +79,7 @@ def _token_past_vocab(ckpt: Path) -> None:
 
 BAD_CHECKPOINTS = {
     "other architecture": (
-        lambda c: _edit_json(
+        lambda c: edit_json(
             c / "config.json", lambda d: d.update(architectures=["LlamaForCausalLM"], model_type="llama")
         ),
         "is not MiniCPMV4_6ForConditionalGeneration",
@@ -112,13 +92,13 @@ BAD_CHECKPOINTS = {
     ),
     "vocabulary past the embedding": (_token_past_vocab, "does not fit the embedding"),
     "embedding rows != vocab_size": (
-        lambda c: _edit_json(
+        lambda c: edit_json(
             c / "config.json", lambda d: d["text_config"].update(vocab_size=d["text_config"]["vocab_size"] + 8)
         ),
         "embed_tokens.weight: shape",
     ),
     "wrong-typed config field": (
-        lambda c: _edit_json(c / "config.json", lambda d: d["text_config"].update(hidden_size="64")),
+        lambda c: edit_json(c / "config.json", lambda d: d["text_config"].update(hidden_size="64")),
         "text_config.hidden_size: '64' is not int",
     ),
     "truncated safetensors": (lambda c: _truncate(c / "model.safetensors"), "truncated"),
@@ -138,9 +118,9 @@ BAD_CHECKPOINTS = {
 @pytest.mark.parametrize("case", BAD_CHECKPOINTS)
 def test_bad_checkpoint_is_one_line_and_leaves_nothing(tiny_ckpt, tmp_path, case):
     damage, message = BAD_CHECKPOINTS[case]
-    ckpt = _copy(tiny_ckpt, tmp_path / "ckpt")
+    ckpt = copy_tree(tiny_ckpt, tmp_path / "ckpt")
     if case == "no chat template":
-        _edit_json(ckpt / "tokenizer_config.json", lambda d: d.pop("chat_template", None))
+        edit_json(ckpt / "tokenizer_config.json", lambda d: d.pop("chat_template", None))
     damage(ckpt)
     before = tree_digest(ckpt)
     out_dir = tmp_path / "out"

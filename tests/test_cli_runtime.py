@@ -12,19 +12,10 @@ import time
 
 import pytest
 
+from tests.helpers import run_cli
 from tests.runtime_cases import BAD_INPUTS, N_THREADS, QUESTION
 
 STATS = re.compile(r"\[(\w+)\] (\d+) prompt tokens \((\d+) image, (\d+) cached\), (\d+) generated")
-
-
-def run_cli(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "minicpmv_gguf.cli", *map(str, args)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def model_args(files, *mmprojs) -> list:

@@ -15,7 +15,7 @@ from safetensors.numpy import load_file
 from minicpmv_gguf.convert_hf_to_gguf import convert_lm, plan_lm
 from minicpmv_gguf.errors import OutputError
 from minicpmv_gguf.gguf_io import read_kv_types, read_metadata
-from tests.conftest import tree_digest
+from tests.helpers import tree_digest
 
 
 def _text_config(ckpt):

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from minicpmv_gguf.errors import QuantizeError
+from minicpmv_gguf.metrics import nmse
 from minicpmv_gguf.quantize.evaluate import evaluate
-from minicpmv_gguf.verify.reference import N_THREADS, llama_logits, load_llama, nmse
+from minicpmv_gguf.verify.reference import N_THREADS, llama_logits, load_llama
 from minicpmv_gguf.verify.texts import long_text
-from tests.test_cli_convert import run_cli
+from tests.helpers import run_cli
 
 CTX, BATCH, CHUNKS = 60, 16, 3  # batches of 16, 16, 16, 12 per chunk: a partial batch too
 

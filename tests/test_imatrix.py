@@ -14,7 +14,7 @@ from minicpmv_gguf.quantize import load_imatrix, quantize_lm
 from minicpmv_gguf.quantize.imatrix import GGML_OP_MUL_MAT, GgmlTensor, _check_ggml_abi, _libggml_base, compute_imatrix
 from minicpmv_gguf.verify.reference import N_THREADS, load_llama
 from minicpmv_gguf.verify.texts import long_text
-from tests.test_cli_convert import run_cli
+from tests.helpers import run_cli
 
 CTX, CHUNKS = 64, 3
 

@@ -11,7 +11,7 @@ from gguf import GGUFReader, GGUFWriter
 
 from minicpmv_gguf.gguf_inspect import inspect_gguf
 from minicpmv_gguf.gguf_io import ArraySummary, read_gguf_header
-from tests.test_cli_convert import run_cli
+from tests.helpers import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,8 @@ import pytest
 
 from minicpmv_gguf.errors import ManifestError, OptionError, OutputError, SourceError
 from minicpmv_gguf.pipeline import MANIFEST, Manifest, build, fingerprint, load_manifest
-from tests.conftest import tree_digest
+from tests.helpers import run_cli, tree_digest
 from tests.test_build import snapshot, statuses
-from tests.test_cli_convert import run_cli
 
 V010 = Path(__file__).parent / "data" / "manifest-0.1.0.json"
 V010_OPTIONS = dict(modes=("16x", "4x"), keep_unquantized=True)  # what the 0.1.0 build was asked for

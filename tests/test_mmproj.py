@@ -12,8 +12,7 @@ from gguf import GGUFValueType as T
 from minicpmv_gguf.errors import CheckpointError, TensorMapError, ToolkitError
 from minicpmv_gguf.gguf_io import read_kv_types, read_metadata
 from minicpmv_gguf.mmproj import convert_mmproj, mode_paths, plan_mmproj
-from tests.conftest import tree_digest
-from tests.test_cli_convert import run_cli
+from tests.helpers import run_cli, tree_digest
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from minicpmv_gguf.errors import GGUFError, OllamaError, OutputError
 from minicpmv_gguf.gguf_io import read_metadata
 from minicpmv_gguf.ollama import CHAT_TEMPLATE, check_modelfile, classify_gguf, package_ollama, parse_modelfile
 from minicpmv_gguf.ollama import modelfile as modelfile_module
+from tests.helpers import run_cli
 
 HERE = Path(__file__).parent
 RELEASED_TEMPLATE = HERE / "data" / "released_chat_template.jinja"
@@ -391,12 +391,6 @@ def test_replacing_needs_force_and_never_deletes_the_inputs(tiny_lm, tiny_mmproj
     with pytest.raises(OutputError, match="holds the input GGUFs"):
         package_ollama(inputs / tiny_lm.name, inputs / tiny_mmproj.name, inputs, overwrite=True)
     assert sorted(p.name for p in inputs.iterdir()) == sorted([tiny_lm.name, tiny_mmproj.name])
-
-
-def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "minicpmv_gguf.cli", *map(str, args)], capture_output=True, text=True, timeout=300
-    )
 
 
 def test_cli_packages_then_checks(tiny_lm, tiny_mmproj, tmp_path):

@@ -1,7 +1,8 @@
 """Logit parity: the LM GGUF in llama.cpp (llama-cpp-python) against transformers in float32, same ids.
 
 F32 GGUFs must match to float-rounding level (llama.cpp's own converter measured NMSE 4e-9 and
-99.93 % top-1 on a similar tiny model); the reduced-precision bounds are measured and explained below.
+99.93 % top-1 on a similar tiny model); the reduced-precision bounds, with their measurements, are in
+minicpmv_gguf/verify/bounds.py.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from minicpmv_gguf.metrics import nmse, top1_agreement
 from minicpmv_gguf.verify.bounds import LM_FLOAT
-from minicpmv_gguf.verify.reference import hf_logits, llama_logits, load_llama, nmse, top1_agreement
+from minicpmv_gguf.verify.reference import hf_logits, llama_logits, load_llama
 from minicpmv_gguf.verify.texts import chat_prompts as prompts
 
 
@@ -46,6 +48,7 @@ def test_logits_match_transformers(reference, convert_cached, tiny_ckpt, outtype
     assert worst <= max_nmse and top1 >= min_top1, (worst, top1)
 
 
+@pytest.mark.slow  # the checkpoint fixture is looked up by name, so conftest's hook cannot see it
 @pytest.mark.parametrize("variant", ["tiny_ckpt_vheads", "tiny_ckpt_bf16"])
 def test_variants_match_transformers_at_f32(request, convert_cached, variant):
     """Value heads = 2 x key heads (the reorder), and a bf16 sharded checkpoint (exact upcast)."""

@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from minicpmv_gguf.metrics import cosine_rows, nmse
 from minicpmv_gguf.verify.bounds import MMPROJ
-from minicpmv_gguf.verify.reference import load_llama, nmse
+from minicpmv_gguf.verify.reference import load_llama
 from minicpmv_gguf.verify.vision import (
-    cosine_rows,
     hf_image_embeddings,
     hf_last_logits,
     hf_letterboxed_embeddings,

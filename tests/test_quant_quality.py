@@ -20,6 +20,8 @@ from benchmarks.quant_quality import (
     tensor_bits_per_weight,
 )
 
+pytestmark = pytest.mark.slow  # no torch (a shipped checkpoint), but it quantizes, computes an imatrix and evaluates
+
 CHUNKS = 24  # of 86 held-out chunks of 256 tokens: 6,120 scored tokens
 QUANT_THREADS = 2
 # One llama.cpp thread for the tiny model: on an idle 2-core machine 2 threads are only ~1.4x faster

@@ -9,7 +9,7 @@ from minicpmv_gguf.errors import GGUFError, OutputError, QuantizeError
 from minicpmv_gguf.gguf_io import read_metadata
 from minicpmv_gguf.quantize import QUANT_TYPES, parse_overrides, quantize_lm, resolve_type
 from minicpmv_gguf.verify.reference import load_llama
-from tests.test_cli_convert import run_cli
+from tests.helpers import run_cli
 
 
 def use_more_bits(i: int, n: int) -> bool:

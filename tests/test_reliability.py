@@ -28,20 +28,10 @@ from minicpmv_gguf.gguf_io import check_gguf_complete, write_gguf
 from minicpmv_gguf.mmproj.config import parse_vision_config
 from minicpmv_gguf.safetensors_io import read_header
 from minicpmv_gguf.tensor_plan import all_finite
-from tests.conftest import tree_digest
-from tests.test_cli_convert import _copy, _edit_json, run_cli
+from tests.helpers import assert_refused, copy_tree, edit_json, run_cli, tree_digest
 
 LM = "model.language_model"
 INDEX = "model.safetensors.index.json"
-
-
-def assert_refused(r: subprocess.CompletedProcess, message: str, names: Path, out_dir: Path) -> str:
-    """exit != 0, no traceback, one `Error:` line holding `message` and the file `names`, out_dir empty."""
-    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
-    errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and message in errors[0] and str(names) in errors[0], r.stderr
-    assert sorted(p.name for p in out_dir.iterdir()) == [], "left on disk"
-    return errors[0]
 
 
 @pytest.fixture
@@ -61,7 +51,7 @@ def _shards(ckpt: Path) -> list[Path]:
 def _move_in_index(ckpt: Path) -> str:
     """Assign the first tensor of shard 1 to shard 2 in the index (the bytes stay in shard 1)."""
     name = next(iter(read_header(_shards(ckpt)[0])))
-    _edit_json(ckpt / INDEX, lambda d: d["weight_map"].update({name: _shards(ckpt)[1].name}))
+    edit_json(ckpt / INDEX, lambda d: d["weight_map"].update({name: _shards(ckpt)[1].name}))
     return name
 
 
@@ -73,12 +63,12 @@ INDEX_CASES = {
         None,
     ),
     "index names a tensor no shard holds": (
-        lambda c: _edit_json(c / INDEX, lambda d: d["weight_map"].update({f"{LM}.ghost.weight": _shards(c)[0].name})),
+        lambda c: edit_json(c / INDEX, lambda d: d["weight_map"].update({f"{LM}.ghost.weight": _shards(c)[0].name})),
         f"missing {LM}.ghost.weight",
         None,
     ),
     "index names a file outside the checkpoint": (
-        lambda c: _edit_json(
+        lambda c: edit_json(
             c / INDEX, lambda d: d["weight_map"].update({next(iter(d["weight_map"])): "../model.safetensors"})
         ),
         "not a file name in",
@@ -91,7 +81,7 @@ INDEX_CASES = {
 @pytest.mark.parametrize("case", INDEX_CASES)
 def test_bad_index(tiny_ckpt_bf16, tmp_path, out_dir, case):
     damage, message, shard = INDEX_CASES[case]
-    ckpt = _copy(tiny_ckpt_bf16, tmp_path / "ckpt")
+    ckpt = copy_tree(tiny_ckpt_bf16, tmp_path / "ckpt")
     names = _shards(ckpt)[shard] if shard is not None else ckpt / INDEX
     damage(ckpt)
     before = tree_digest(ckpt)
@@ -172,10 +162,11 @@ NONFINITE = {  # case: (fixture, f16 rewrite, tensor, value, command, outtype, m
 }
 
 
+@pytest.mark.slow  # the checkpoint fixture is looked up by name, so conftest's hook cannot see it
 @pytest.mark.parametrize("case", NONFINITE)
 def test_nonfinite_weights_are_refused_by_tensor_name(request, tmp_path, out_dir, case):
     fixture, f16, name, value, command, outtype, message = NONFINITE[case]
-    ckpt = _copy(request.getfixturevalue(fixture), tmp_path / "ckpt")
+    ckpt = copy_tree(request.getfixturevalue(fixture), tmp_path / "ckpt")
     if f16:
         to_f16(ckpt)
     shard = poke(ckpt, name, value, index=1)
@@ -187,7 +178,7 @@ def test_nonfinite_weights_are_refused_by_tensor_name(request, tmp_path, out_dir
 
 
 def test_f16_overflow_converts_as_bf16_and_f32(tiny_ckpt, tmp_path, out_dir):
-    ckpt = _copy(tiny_ckpt, tmp_path / "ckpt")
+    ckpt = copy_tree(tiny_ckpt, tmp_path / "ckpt")
     poke(ckpt, DOWN, 1e5)
     for outtype in ("bf16", "f32"):
         r = run_cli("convert", ckpt, "-o", out_dir / f"{outtype}.gguf", "--outtype", outtype)
@@ -313,7 +304,7 @@ def test_config_mutations_end_to_end(tiny_ckpt, base_config, tmp_path_factory):
     from minicpmv_gguf.mmproj import convert_mmproj
 
     work = tmp_path_factory.mktemp("e2e")
-    ckpt = _copy(tiny_ckpt, work / "ckpt")
+    ckpt = copy_tree(tiny_ckpt, work / "ckpt")
     weights = tree_digest(ckpt / "model.safetensors")
 
     @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
@@ -333,8 +324,8 @@ def test_config_mutations_end_to_end(tiny_ckpt, base_config, tmp_path_factory):
 
 
 def test_config_problem_through_the_cli(tiny_ckpt, tmp_path, out_dir):
-    ckpt = _copy(tiny_ckpt, tmp_path / "ckpt")
-    _edit_json(ckpt / "config.json", lambda d: d["text_config"].update(max_position_embeddings=2**32))
+    ckpt = copy_tree(tiny_ckpt, tmp_path / "ckpt")
+    edit_json(ckpt / "config.json", lambda d: d["text_config"].update(max_position_embeddings=2**32))
     before = tree_digest(ckpt)
     assert_refused(
         run_cli("convert", ckpt, "-o", out_dir / "lm.gguf"),
@@ -349,7 +340,7 @@ def test_config_problem_through_the_cli(tiny_ckpt, tmp_path, out_dir):
 
 
 def _tok(edit):
-    return lambda c: _edit_json(c / "tokenizer.json", edit)
+    return lambda c: edit_json(c / "tokenizer.json", edit)
 
 
 def _vocab_past_embedding(t):
@@ -393,7 +384,7 @@ TOKENIZER_CASES = {
         "malformed added_tokens entry",
     ),
     "eos token not in the vocabulary": (
-        lambda c: _edit_json(c / "tokenizer_config.json", lambda d: d.update(eos_token="<|not-a-token|>")),
+        lambda c: edit_json(c / "tokenizer_config.json", lambda d: d.update(eos_token="<|not-a-token|>")),
         "tokenizer_config.json",
         "eos_token '<|not-a-token|>' is not in the vocabulary",
     ),
@@ -403,7 +394,7 @@ TOKENIZER_CASES = {
 @pytest.mark.parametrize("case", TOKENIZER_CASES)
 def test_tokenizer_that_does_not_fit(tiny_ckpt, tmp_path, out_dir, case):
     damage, file, message = TOKENIZER_CASES[case]
-    ckpt = _copy(tiny_ckpt, tmp_path / "ckpt")
+    ckpt = copy_tree(tiny_ckpt, tmp_path / "ckpt")
     damage(ckpt)
     before = tree_digest(ckpt)
     assert_refused(run_cli("convert", ckpt, "-o", out_dir / "lm.gguf"), message, ckpt / file, out_dir)
@@ -413,8 +404,8 @@ def test_tokenizer_that_does_not_fit(tiny_ckpt, tmp_path, out_dir, case):
 def test_unknown_pad_token_is_a_warning_and_left_out(tiny_ckpt, tmp_path, out_dir):
     from minicpmv_gguf.gguf_io import read_gguf_header
 
-    ckpt = _copy(tiny_ckpt, tmp_path / "ckpt")
-    _edit_json(ckpt / "tokenizer_config.json", lambda d: d.update(pad_token="<|no-pad|>"))
+    ckpt = copy_tree(tiny_ckpt, tmp_path / "ckpt")
+    edit_json(ckpt / "tokenizer_config.json", lambda d: d.update(pad_token="<|no-pad|>"))
     r = run_cli("convert", ckpt, "-o", out_dir / "lm.gguf")
     assert r.returncode == 0 and "pad_token '<|no-pad|>' is not in the vocabulary; not written" in r.stderr
     assert "tokenizer.ggml.padding_token_id" not in read_gguf_header(out_dir / "lm.gguf").kvs

@@ -20,9 +20,7 @@ from pathlib import Path
 import pytest
 
 from minicpmv_gguf.gguf_io import check_gguf_complete, remove_stale_parts
-from tests.conftest import tree_digest
-from tests.test_cli_convert import _copy, _edit_json, run_cli
-from tests.test_reliability import assert_refused
+from tests.helpers import assert_refused, copy_tree, edit_json, run_cli, tree_digest
 
 LM = "model.language_model"
 
@@ -38,13 +36,7 @@ def run_cli_limited(*args: str) -> subprocess.CompletedProcess:
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
-    return subprocess.run(
-        [sys.executable, "-m", "minicpmv_gguf.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=limit,
-    )
+    return run_cli(*args, preexec_fn=limit)
 
 
 def add_tensor(path: Path, name: str, shape: list[int], *, data_bytes: int | None = None) -> None:
@@ -124,11 +116,11 @@ HUGE = {  # case: (command, tensor, shape, data bytes or None for consistent, me
 @pytest.mark.parametrize("case", HUGE)
 def test_huge_declared_shapes_fail_without_allocating(tiny_ckpt, tmp_path, case):
     command, name, shape, data_bytes, message = HUGE[case]
-    ckpt = _copy(tiny_ckpt, tmp_path / "ckpt")
+    ckpt = copy_tree(tiny_ckpt, tmp_path / "ckpt")
     st = ckpt / "model.safetensors"
     add_tensor(st, name, shape, data_bytes=data_bytes)
     if shape == [2**24, 64]:
-        _edit_json(ckpt / "config.json", lambda d: d["text_config"].update(vocab_size=2**24))
+        edit_json(ckpt / "config.json", lambda d: d["text_config"].update(vocab_size=2**24))
     names = st if data_bytes else ckpt / "tokenizer.json" if shape == [2**24, 64] else ckpt
     before = stat_digest(ckpt)
     out_dir = tmp_path / "out"

@@ -15,7 +15,7 @@ import pytest
 from minicpmv_gguf.errors import VerifyError
 from minicpmv_gguf.gguf_io import read_gguf_header
 from minicpmv_gguf.pipeline import MANIFEST, build, sha256_file
-from tests.test_cli_convert import run_cli
+from tests.helpers import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ logits is reduced to per-token statistics and dropped: memory is O(batch x vocab
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import time
@@ -20,6 +19,7 @@ import numpy as np
 from ..errors import QuantizeError
 from ..gguf_io import check_gguf_complete
 from ..llama_log import captured_llama_log
+from ..metrics import NmseSums, kl_from_log_probs, log_softmax, perplexity, target_nll, top1_matches
 
 Progress = Callable[[int, int], None]  # (chunks done, chunks in all)
 _ROWS = 8  # logit rows reduced at a time: 8 x 248k x float64 = 16 MB per temporary
@@ -285,29 +285,22 @@ class _Stats:
 
     def __init__(self) -> None:
         self.kld: list[np.ndarray] = []
-        self.same_top = self.n = self.n_logits = 0
-        self.nll_ref = self.nll_model = self.sq_err = self.s1 = self.s2 = 0.0
-        self.shift: float | None = None
+        self.same_top = self.n = 0
+        self.nll_ref = self.nll_model = 0.0
+        self.nmse = NmseSums()
 
     def add(self, ref: np.ndarray, model: np.ndarray, targets: np.ndarray) -> None:
-        ref64, model64 = ref.astype(np.float64), model.astype(np.float64)
-        lr, lm = _log_softmax(ref64), _log_softmax(model64)
-        self.kld.append(np.sum(np.exp(lr) * (lr - lm), axis=1))
-        self.same_top += int(np.sum(ref.argmax(1) == model.argmax(1)))
-        rows = np.arange(len(targets))
-        self.nll_ref -= float(lr[rows, targets].sum())
-        self.nll_model -= float(lm[rows, targets].sum())
-        self.sq_err += float(np.sum((model64 - ref64) ** 2))
-        if self.shift is None:  # a shifted sum of squares keeps var(ref) free of cancellation
-            self.shift = float(ref64.mean())
-        c = ref64 - self.shift
-        self.s1, self.s2 = self.s1 + float(c.sum()), self.s2 + float(np.sum(c * c))
+        ref64, model64 = ref.astype(np.float64), model.astype(np.float64)  # cast once: the metrics reuse them
+        lr, lm = log_softmax(ref64), log_softmax(model64)
+        self.kld.append(kl_from_log_probs(lr, lm))
+        self.same_top += top1_matches(model, ref)
+        self.nll_ref += float(target_nll(lr, targets).sum())
+        self.nll_model += float(target_nll(lm, targets).sum())
+        self.nmse = self.nmse.add(model64, ref64)
         self.n += len(targets)
-        self.n_logits += ref.size
 
     def result(self, model: Path, ref: Path, ctx: int, n_chunks: int, seconds: float) -> EvalResult:
         kld = np.concatenate(self.kld)
-        var = self.s2 / self.n_logits - (self.s1 / self.n_logits) ** 2
         return EvalResult(
             str(model),
             str(ref),
@@ -318,13 +311,8 @@ class _Stats:
             float(np.percentile(kld, 99)),
             float(kld.max()),
             self.same_top / self.n,
-            math.exp(self.nll_model / self.n),
-            math.exp(self.nll_ref / self.n),
-            self.sq_err / self.n_logits / var,
+            perplexity(self.nll_model, self.n),
+            perplexity(self.nll_ref, self.n),
+            self.nmse.value,
             seconds,
         )
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    top = x.max(axis=1, keepdims=True)
-    return x - top - np.log(np.sum(np.exp(x - top), axis=1, keepdims=True))

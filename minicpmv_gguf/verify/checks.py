@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import VerifyError
 from ..gguf_io import read_gguf_header
+from ..metrics import NmseSums, cosine_rows, kl_divergence, nmse, top1_matches
 from ..pipeline.manifest import matches, read_manifest, write_manifest
 from ..pipeline.source import fingerprint, resolve_source, sha256_file
 from ..pipeline.workdir import BuildLock
@@ -28,13 +29,11 @@ from .bounds import lm_float_bounds, lm_quant_bounds, mmproj_bounds
 from .reference import (
     N_THREADS,
     hf_logits,
-    kl_divergence,
     llama_logits,
     load_llama,
     load_processor,
     load_reference_model,
     make_image,
-    nmse,
 )
 from .texts import chat_prompts, tokenizer_strings
 
@@ -240,20 +239,17 @@ def _compare_logits(out: np.ndarray, ref: np.ndarray, rows: int = 32) -> tuple[f
 
     Whole-prompt float64 temporaries of a 248k vocabulary would take gigabytes.
     """
-    sq_err = kld = ref_sum = ref_sq = 0.0
-    top1 = 0
+    errors, kld, top1 = NmseSums(), 0.0, 0
     for i in range(0, len(ref), rows):
         o, r = out[i : i + rows].astype(np.float64), ref[i : i + rows].astype(np.float64)
-        sq_err += float(np.sum((o - r) ** 2))
-        ref_sum, ref_sq = ref_sum + float(r.sum()), ref_sq + float(np.sum(r * r))
+        errors = errors.add(o, r)
         kld += float(kl_divergence(o, r).sum())
-        top1 += int(np.sum(o.argmax(-1) == r.argmax(-1)))
-    mean = ref_sum / ref.size
-    return sq_err / ref.size / (ref_sq / ref.size - mean * mean), kld, top1
+        top1 += top1_matches(o, r)
+    return errors.value, kld, top1
 
 
 def _image_rows(mmproj: Path, lm: Path, file_type: str | None, model, processor, threads: int) -> list[Check]:
-    from .vision import cosine_rows, hf_image_embeddings, mtmd_image_embeddings
+    from .vision import hf_image_embeddings, mtmd_image_embeddings
 
     kvs = read_gguf_header(mmproj).kvs
     mode = MODE_BY_SCALE.get(kvs.get("clip.vision.projector.scale_factor", MODES[DEFAULT_MODE]), DEFAULT_MODE)

@@ -1,4 +1,6 @@
-"""The PyTorch reference and llama.cpp side by side: load both, run the same token ids, compare logits.
+"""The PyTorch reference and llama.cpp side by side: load both, run the same token ids.
+
+The comparisons themselves (NMSE, KL divergence, top-1) are in minicpmv_gguf.metrics.
 
 Shared by `minicpmv-gguf verify` and the parity tests. torch and transformers are imported inside the
 functions that need them, so importing this module needs neither.
@@ -13,23 +15,6 @@ import numpy as np
 from ..spec import DEFAULT_MODE
 
 N_THREADS = 2  # the tests' thread count: results do not depend on it, speed does
-
-
-def nmse(test: np.ndarray, ref: np.ndarray) -> float:
-    """mean((test - ref)^2) / var(ref): llama.cpp's examples/model-conversion check-nmse definition."""
-    return float(np.mean((test.astype(np.float64) - ref) ** 2) / np.var(ref.astype(np.float64)))
-
-
-def top1_agreement(test: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.mean(test.argmax(-1) == ref.argmax(-1)))
-
-
-def kl_divergence(test: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """KL(ref || test) per position, in nats, of the softmax of two [T, vocab] logit arrays."""
-    r, t = ref.astype(np.float64), test.astype(np.float64)
-    log_p = r - np.logaddexp.reduce(r, axis=-1, keepdims=True)
-    log_q = t - np.logaddexp.reduce(t, axis=-1, keepdims=True)
-    return (np.exp(log_p) * (log_p - log_q)).sum(-1)
 
 
 def hf_logits(model, ids: list[int]) -> np.ndarray:

@@ -18,13 +18,6 @@ from ..runtime.vision import MEDIA_MARKER, chunk_text_tokens, is_image_chunk, rg
 from ..spec import image_id
 from .reference import N_THREADS
 
-
-def cosine_rows(test: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each row (token) of `test` with the same row of `ref`."""
-    t, r = test.astype(np.float64), ref.astype(np.float64)
-    return (t * r).sum(-1) / (np.linalg.norm(t, axis=-1) * np.linalg.norm(r, axis=-1))
-
-
 # --------------------------------------------------------------------------------------------------
 # libmtmd (llama-cpp-python)
 
