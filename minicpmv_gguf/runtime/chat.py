@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
+from ..native import Context, MediaChunks, Vision
 from .cache import SequenceCache, common_prefix
-from .llm import Context
 from .media import ImageSource, Picture, fit_within, load_image, load_video
 from .prompt import ChatTemplate, Message, layout, nfc, tail_start, user_message
 from .reply import Clock, Reply, Timings, split_reasoning
 from .sampling import Sampler, Sampling, TextStream
-from .vision import MediaChunks, Vision
 
 if TYPE_CHECKING:
     from .model import Model

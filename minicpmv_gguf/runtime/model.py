@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InputError, ModelLoadError
+from ..native import LanguageModel, physical_cores
 from .chat import ChatSession
 from .headers import MmprojHeader, check_pair, read_lm_header, read_mmproj_header
-from .llm import LanguageModel
 from .media import DEFAULT_MAX_FRAMES
-from .native import physical_cores
 from .sampling import Sampling
 
 DETAIL_MODES = {"normal": "16x", "high": "4x"}  # 16x: 4x fewer visual tokens, faster; 4x: fine detail
