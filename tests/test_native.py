@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import threading
 from pathlib import Path
 
@@ -103,6 +104,17 @@ def test_two_threads_loading_models_each_see_their_own_log(lm_path, tmp_path):
         assert all(str(tmp_path / n) not in text for n in seen if n != name), name
     assert list(errors) == ["bad.gguf"]
     assert errors["bad.gguf"] == f"{bad}: llama.cpp cannot load it: invalid magic characters: 'not ', expected 'GGUF'"
+
+
+def test_missing_llama_cpp_python_is_one_toolkit_error(monkeypatch):
+    from minicpmv_gguf.errors import ToolkitError
+    from minicpmv_gguf.native import lib
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if not installed
+    monkeypatch.setattr(lib, "_loaded", {})
+    for load in (lib.llama_cpp, lib.mtmd, lib.ggml_base):
+        with pytest.raises(ToolkitError, match=r"^llama-cpp-python is not installed \(pip install"):
+            load()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ chunks) free their native object in an idempotent `close()`; using one after it 
 
 from .context import Context
 from .cpu import physical_cores
-from .lib import libllama_version, llama_cpp
+from .lib import llama_cpp
 from .log import capture_log, failure_reason
 from .model import LanguageModel
 from .quantizer import quantize_model
@@ -33,7 +33,6 @@ __all__ = [
     "Vision",
     "capture_log",
     "failure_reason",
-    "libllama_version",
     "llama_cpp",
     "physical_cores",
     "quantize_model",

@@ -1,9 +1,10 @@
 """Finding and loading llama-cpp-python's libraries, each once per process.
 
-`llama_cpp()` is the only way into the `llama_cpp` package: the first call imports it (and its libmtmd
+`llama_cpp()` is the toolkit's way into the `llama_cpp` package: the first call imports it (and its libmtmd
 bindings), routes the native logs to Python logging (log.install) and initialises the backend.
 `ggml_base()` and `ggml_cpu()` open ggml's own libraries from the same install without importing the
-package, for the row kernels (ggml.py) and the importance matrix's ABI check.
+package, for the row kernels (ggml.py) and the importance matrix's ABI check. `alive()` guards the
+handles' pointers.
 """
 
 from __future__ import annotations
@@ -88,14 +89,6 @@ def _find(lib_dir: Path, stem: str) -> Path:
         if (lib_dir / name).exists():
             return lib_dir / name
     raise ToolkitError(f"{lib_dir}: no {stem} library; reinstall llama-cpp-python")
-
-
-def libllama_version() -> str | None:
-    """The version string of the bundled libllama, or None without llama-cpp-python."""
-    try:
-        return llama_cpp().llama_version().decode()
-    except (ToolkitError, AttributeError):  # AttributeError: a release without llama_version
-        return None
 
 
 def alive(pointer, what: str):

@@ -5,7 +5,8 @@ ggml), libmtmd and libmtmd's helpers at `forward` once, from `lib.llama_cpp()`; 
 call their `*_log_set`. Every line goes to the `minicpmv_gguf.native` logger at DEBUG (shown by
 `minicpmv-gguf -v`). A native call runs on the Python thread that made it and logs on that thread,
 so `capture_log()` collects only the lines of its own thread: two threads calling llama.cpp at once
-each see their own lines, and each builds its error message from them (`failure_reason`).
+each see their own lines, and each builds its error message from them (`failure_reason`). Lines from
+the libraries' own worker threads reach logging only.
 """
 
 from __future__ import annotations

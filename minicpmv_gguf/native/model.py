@@ -26,10 +26,8 @@ _META_BYTES = 256
 
 
 class LanguageModel:
-    """An LM GGUF loaded by llama.cpp for CPU inference (its `header` checked first); `close()` frees it.
-
-    `mmap`: memory-map the file instead of reading it into memory.
-    """
+    """The LM GGUF of `header` (the runtime's checked header) loaded by llama.cpp for CPU inference;
+    `mmap`: memory-map the file instead of reading it into memory. `close()` frees it."""
 
     def __init__(self, header: LMHeader, *, mmap: bool = False) -> None:
         L = llama_cpp()
