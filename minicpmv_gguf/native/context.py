@@ -51,13 +51,14 @@ class Context:
         self.lm, self.n_batch = lm, n_batch
         self._lock = threading.RLock()
         self._ctx = self._batch = self._memory = None
-        with lm.lend(self) as model, capture_log() as lines:
+        with lm.lend(self) as model, capture_log() as lines:  # lm.close() waits until this one is whole
             self._ctx = L.llama_init_from_model(model, params)
+            if self._ctx:
+                self.n_ctx = L.llama_n_ctx(self._ctx)
+                self._batch = L.llama_batch_init(n_batch, 0, 1)
+                self._memory = L.llama_get_memory(self._ctx)
         if not self._ctx:
             raise ModelLoadError(f"{lm.path}: llama.cpp cannot make a {n_ctx}-token context: {failure_reason(lines)}")
-        self.n_ctx = L.llama_n_ctx(self._ctx)
-        self._batch = L.llama_batch_init(n_batch, 0, 1)
-        self._memory = L.llama_get_memory(self._ctx)
 
     @property
     def ctx(self):
@@ -130,7 +131,7 @@ class Context:
 
     def save_state(self) -> bytes:
         """Everything sequence 0 holds (KV cache and recurrent state), for `restore_state` on this context or
-        another one of the same model and size."""
+        another one of the same model with room for it."""
         return self._save(llama_cpp().LLAMA_STATE_SEQ_FLAGS_NONE)
 
     def restore_state(self, state: bytes) -> bool:
