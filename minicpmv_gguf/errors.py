@@ -57,3 +57,7 @@ class SourceError(ToolkitError):
 
 class VerifyError(ToolkitError):
     """Verification cannot run: no build manifest, or the PyTorch reference (torch, transformers) is missing."""
+
+
+class ClosedError(ToolkitError):
+    """A llama.cpp model, context, sampler or mmproj used after its close()."""

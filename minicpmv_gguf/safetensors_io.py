@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CheckpointError
-from .ggml_kernels import bf16_to_f32
+from .native.ggml import bf16_to_f32
 
 # dtypes we convert; other valid safetensors dtypes are refused by name.
 ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2}

@@ -20,8 +20,8 @@ from gguf import GGMLQuantizationType as Q
 from gguf import LlamaFileType
 
 from .errors import CheckpointError, TensorMapError, ToolkitError
-from .ggml_kernels import f32_to_bf16, f32_to_f16, quantize_rows
 from .gguf_io import TensorOut
+from .native.ggml import f32_to_bf16, f32_to_f16, quantize_rows
 from .safetensors_io import TensorRef, read_raw, read_rows, read_tensor, row_chunks
 
 Transform = Callable[[np.ndarray], np.ndarray]  # pure: float32 array -> float32 array

@@ -6,7 +6,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as Q
 from gguf import quants
 
-from minicpmv_gguf.ggml_kernels import bf16_to_f32, f32_to_bf16, f32_to_f16, quantize_rows
+from minicpmv_gguf.native.ggml import bf16_to_f32, f32_to_bf16, f32_to_f16, quantize_rows
 
 # Normal values, f16 subnormals, overflow past f16's range, signed zeros and a NaN.
 X = (

@@ -10,8 +10,9 @@ from gguf import GGUFReader, GGUFValueType
 
 from minicpmv_gguf.errors import OutputError, QuantizeError
 from minicpmv_gguf.gguf_io import read_kv_types, read_metadata
+from minicpmv_gguf.native.lib import ggml_base as _libggml_base
 from minicpmv_gguf.quantize import load_imatrix, quantize_lm
-from minicpmv_gguf.quantize.imatrix import GGML_OP_MUL_MAT, GgmlTensor, _check_ggml_abi, _libggml_base, compute_imatrix
+from minicpmv_gguf.quantize.imatrix import GGML_OP_MUL_MAT, GgmlTensor, _check_ggml_abi, compute_imatrix
 from minicpmv_gguf.verify.reference import N_THREADS, load_llama
 from minicpmv_gguf.verify.texts import long_text
 from tests.helpers import run_cli

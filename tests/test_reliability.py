@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 
 from minicpmv_gguf.checkpoint import Checkpoint, parse_text_config
 from minicpmv_gguf.errors import CheckpointError, GGUFError
-from minicpmv_gguf.ggml_kernels import bf16_to_f32
 from minicpmv_gguf.gguf_io import check_gguf_complete, write_gguf
 from minicpmv_gguf.mmproj.config import parse_vision_config
+from minicpmv_gguf.native.ggml import bf16_to_f32
 from minicpmv_gguf.safetensors_io import read_header
 from minicpmv_gguf.tensor_plan import all_finite
 from tests.helpers import assert_refused, copy_tree, edit_json, run_cli, tree_digest

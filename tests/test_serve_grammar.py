@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from minicpmv_gguf.llama_log import captured_llama_log
+from minicpmv_gguf.native import capture_log
 from minicpmv_gguf.serve.errors import ServeError
 from minicpmv_gguf.serve.grammar import clean_schema, json_schema_grammar, response_format_grammar
 
@@ -35,15 +35,15 @@ PERSON = {
 @pytest.fixture(scope="module")
 def vocab(tmp_path_factory):
     """The tiny LM's vocab (a vocab-only load of its GGUF): what llama.cpp compiles grammars against."""
-    import llama_cpp
-
     from minicpmv_gguf.convert_hf_to_gguf import convert_lm
+    from minicpmv_gguf.native import llama_cpp
 
+    llama_cpp = llama_cpp()  # the toolkit's loader: its log callback is in place
     gguf = tmp_path_factory.mktemp("grammar") / "tiny.gguf"
     convert_lm(TINY, gguf, outtype="f16")
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = True
-    with captured_llama_log():
+    with capture_log():
         model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), params)
     assert model
     yield llama_cpp.llama_model_get_vocab(model)
@@ -63,9 +63,9 @@ def _tokens(vocab, text: str) -> list[int]:
 def _sampler(vocab, grammar: str):
     import llama_cpp
 
-    with captured_llama_log() as log:
+    with capture_log() as log:
         sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-    assert sampler, "llama.cpp did not compile the grammar:\n" + "".join(log)
+    assert sampler, "llama.cpp did not compile the grammar:\n" + "\n".join(log)
     return sampler
 
 

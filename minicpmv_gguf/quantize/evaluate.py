@@ -2,154 +2,82 @@
 
 Both GGUFs run in llama.cpp (llama-cpp-python's low-level API) on the same token chunks. Each batch of
 logits is reduced to per-token statistics and dropped: memory is O(batch x vocab), never O(text x vocab).
-`LlamaSession` and `read_chunks` are shared with `imatrix`.
+`open_session`, `decode` and `read_chunks` are shared with `imatrix`.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import QuantizeError
+from ..errors import ModelLoadError, QuantizeError
 from ..gguf_io import check_gguf_complete
-from ..llama_log import captured_llama_log
 from ..metrics import NmseSums, kl_from_log_probs, log_softmax, perplexity, target_nll, top1_matches
+from ..native import Context, LanguageModel
 
 Progress = Callable[[int, int], None]  # (chunks done, chunks in all)
 _ROWS = 8  # logit rows reduced at a time: 8 x 248k x float64 = 16 MB per temporary
 _MAX_UBATCH = 512  # llama.cpp's default physical batch; a larger one can abort in ggml_init
 
 
-class LlamaSession:
-    """One GGUF in llama.cpp on the CPU: a context of `n_ctx` tokens fed `n_batch` tokens at a time."""
+@contextmanager
+def open_session(
+    path: Path, *, n_ctx: int, n_batch: int, threads: int | None, cb_eval: Callable | None = None
+) -> Iterator[Context]:
+    """One GGUF in llama.cpp on the CPU: a context of `n_ctx` tokens fed `n_batch` tokens at a time.
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        n_ctx: int,
-        n_batch: int,
-        threads: int | None,
-        log: list[str],
-        cb_eval: Callable | None = None,
-    ) -> None:
-        import llama_cpp
+    The context's `lm` is the model; both are freed when the block ends.
 
-        self.path, self.log, self.model, self.ctx, self.batch = Path(path), log, None, None, None
-        if not self.path.is_file():
-            raise QuantizeError(f"{path}: file not found")
-        with open(self.path, "rb") as f:
-            if f.read(4) == b"GGUF":  # a truncated GGUF: one clear line before llama.cpp sees it
-                check_gguf_complete(self.path)
-        llama_cpp.llama_backend_init()
-        mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = 0
-        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
-        if not self.model:
-            raise QuantizeError(f"{path}: llama.cpp cannot load it: {_first_error(log)}")
-        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
-        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx, cparams.n_batch, cparams.n_seq_max = n_ctx, n_batch, 1
-        cparams.n_ubatch = min(n_batch, _MAX_UBATCH)
-        cparams.n_threads = cparams.n_threads_batch = threads or os.cpu_count() or 1
-        cparams.no_perf = True
-        if cb_eval is not None:
-            self._cb_eval = llama_cpp.ggml_backend_sched_eval_callback(cb_eval)  # must outlive the context
-            cparams.cb_eval = self._cb_eval
-        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
-        if not self.ctx:
-            self.close()
-            raise QuantizeError(f"{path}: llama.cpp cannot make a context: {_first_error(log)}")
-        self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
-
-    def __enter__(self) -> LlamaSession:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        import llama_cpp
-
-        if self.batch is not None:
-            llama_cpp.llama_batch_free(self.batch)
-        if self.ctx:
-            llama_cpp.llama_free(self.ctx)
-        if self.model:
-            llama_cpp.llama_model_free(self.model)
-        self.model, self.ctx, self.batch = None, None, None
-
-    def tokenize(self, text: str) -> list[int]:
-        """Token ids as llama.cpp's tokenizer gives them: no BOS, special-token text read as plain text."""
-        import llama_cpp
-
-        data = text.encode("utf-8")
-        ids = (llama_cpp.llama_token * (len(data) + 8))()
-        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), ids, len(ids), False, False)
-        if n < 0:
-            raise QuantizeError(f"{self.path}: llama.cpp could not tokenize the text")
-        return list(ids[:n])
-
-    def token_texts(self) -> list[bytes]:
-        import llama_cpp
-
-        return [llama_cpp.llama_vocab_get_text(self.vocab, i) for i in range(self.n_vocab)]
-
-    def bos(self) -> int | None:
-        """The token llama.cpp puts first in every chunk, if this vocabulary adds one."""
-        import llama_cpp
-
-        return llama_cpp.llama_vocab_bos(self.vocab) if llama_cpp.llama_vocab_get_add_bos(self.vocab) else None
-
-    def reset(self) -> None:
-        import llama_cpp
-
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
-
-    def decode(self, tokens: list[int], pos0: int, *, all_logits: bool) -> None:
-        """Run `tokens` at positions pos0, pos0+1, ...; logits kept for every token, or for the last only."""
-        import llama_cpp
-
-        b = self.batch
-        for i, tok in enumerate(tokens):
-            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos0 + i, 1, all_logits
-            b.seq_id[i][0] = 0
-        b.logits[len(tokens) - 1] = True
-        b.n_tokens, n_log = len(tokens), len(self.log)
-        rc = llama_cpp.llama_decode(self.ctx, b)
-        if rc != 0:
-            raise QuantizeError(f"{self.path}: llama.cpp's decode failed (code {rc}): {_first_error(self.log[n_log:])}")
-
-    def logits(self, start: int, stop: int) -> np.ndarray:
-        """float32 [stop - start, vocab]: a copy of the logits of batch tokens start..stop-1."""
-        import llama_cpp
-
-        rows = [
-            np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
-            for i in range(start, stop)
-        ]
-        return np.stack(rows)
-
-
-def _first_error(log: list[str]) -> str:
-    """The first problem llama.cpp logged (later lines only repeat that loading failed), minus `func: `."""
-    lines = [line.strip() for line in log if line.strip()]
-    errors = [line for line in lines if re.search(r"error|invalid|fail", line, re.IGNORECASE)]
-    line = (errors or lines[-1:] or ["no message"])[0]
-    return re.sub(r"^\w+: (error loading model: )?", "", line)
-
-
-def read_chunks(session: LlamaSession, text: Path, ctx: int, max_chunks: int | None) -> list[list[int]]:
-    """The text as whole chunks of `ctx` tokens (a shorter tail is dropped), as llama.cpp's tools cut it."""
+    Raises:
+        QuantizeError: the file is missing or truncated, or llama.cpp cannot load it or make the context.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise QuantizeError(f"{path}: file not found")
+    with open(path, "rb") as f:
+        if f.read(4) == b"GGUF":  # a truncated GGUF: one clear line before llama.cpp sees it
+            check_gguf_complete(path)
     try:
-        ids = session.tokenize(Path(text).read_text(encoding="utf-8"))
+        lm = LanguageModel.from_file(path)
+    except ModelLoadError as err:
+        raise QuantizeError(str(err)) from None
+    with lm:
+        try:
+            context = Context(
+                lm,
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                n_ubatch=min(n_batch, _MAX_UBATCH),
+                threads=threads or os.cpu_count() or 1,
+                cb_eval=cb_eval,
+            )
+        except ModelLoadError as err:
+            raise QuantizeError(str(err)) from None
+        with context:
+            yield context
+
+
+def decode(context: Context, tokens: list[int], pos0: int, *, all_logits: bool) -> None:
+    """Run `tokens` (one batch) at positions pos0, pos0+1, ...; logits kept for every token, or the last only."""
+    try:
+        context.decode(tokens, pos0, logits_last=True, logits_all=all_logits)
+    except RuntimeError as err:
+        raise QuantizeError(f"{context.lm.path}: llama.cpp's decode failed: {err}") from err
+
+
+def read_chunks(lm: LanguageModel, text: Path, ctx: int, max_chunks: int | None) -> list[list[int]]:
+    """The text as whole chunks of `ctx` tokens (a shorter tail is dropped), as llama.cpp's tools cut it.
+
+    Special-token text in it is read as plain text, as llama-perplexity does.
+    """
+    try:
+        ids = lm.tokenize(Path(text).read_text(encoding="utf-8"), special=False)
     except (OSError, UnicodeDecodeError) as err:
         raise QuantizeError(f"{text}: cannot read the text ({err})") from err
     n = len(ids) // ctx if max_chunks is None else min(len(ids) // ctx, max_chunks)
@@ -158,7 +86,7 @@ def read_chunks(session: LlamaSession, text: Path, ctx: int, max_chunks: int | N
             f"{text}: {len(ids)} tokens, fewer than one chunk of {ctx}; give more text or a smaller --ctx"
         )
     chunks = [ids[i * ctx : (i + 1) * ctx] for i in range(n)]
-    bos = session.bos()
+    bos = lm.bos()
     if bos is not None:  # llama-perplexity and llama-imatrix put BOS first in every chunk
         for chunk in chunks:
             chunk[0] = bos
@@ -245,22 +173,21 @@ def evaluate(
     batch = min(batch, ctx)  # llama.cpp reserves logits for n_batch tokens
     t0 = time.perf_counter()
     with (
-        captured_llama_log() as log,
-        LlamaSession(ref, n_ctx=ctx, n_batch=batch, threads=threads, log=log) as r,
-        LlamaSession(model, n_ctx=ctx, n_batch=batch, threads=threads, log=log) as m,
+        open_session(ref, n_ctx=ctx, n_batch=batch, threads=threads) as r,
+        open_session(model, n_ctx=ctx, n_batch=batch, threads=threads) as m,
     ):
-        _check_same_tokenizer(r, m)
-        chunks = read_chunks(r, text, ctx, max_chunks)
-        if chunks != read_chunks(m, text, ctx, max_chunks):
+        _check_same_tokenizer(r.lm, m.lm)
+        chunks = read_chunks(r.lm, text, ctx, max_chunks)
+        if chunks != read_chunks(m.lm, text, ctx, max_chunks):
             raise QuantizeError(f"{model} and {ref} tokenize the text differently; compare files of one model")
         stats = _Stats()
         for k, chunk in enumerate(chunks):
-            r.reset()
-            m.reset()
+            r.clear()
+            m.clear()
             for start in range(0, ctx, batch):
                 piece = chunk[start : start + batch]
-                r.decode(piece, start, all_logits=True)
-                m.decode(piece, start, all_logits=True)
+                decode(r, piece, start, all_logits=True)
+                decode(m, piece, start, all_logits=True)
                 n_scored = min(len(piece), ctx - 1 - start)  # the chunk's last position has no next token
                 for g in range(0, n_scored, _ROWS):
                     h = min(g + _ROWS, n_scored)
@@ -270,7 +197,7 @@ def evaluate(
     return stats.result(model, ref, ctx, len(chunks), time.perf_counter() - t0)
 
 
-def _check_same_tokenizer(r: LlamaSession, m: LlamaSession) -> None:
+def _check_same_tokenizer(r: LanguageModel, m: LanguageModel) -> None:
     if r.n_vocab != m.n_vocab:
         raise QuantizeError(f"{m.path} has {m.n_vocab} tokens and {r.path} has {r.n_vocab}; compare files of one model")
     diff = next((i for i, (a, b) in enumerate(zip(r.token_texts(), m.token_texts())) if a != b), None)

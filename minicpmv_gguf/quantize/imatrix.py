@@ -19,8 +19,8 @@ from gguf import GGMLQuantizationType, GGUFValueType
 
 from ..errors import QuantizeError
 from ..gguf_io import KV, TensorOut, check_output, write_gguf
-from ..llama_log import captured_llama_log
-from .evaluate import LlamaSession, Progress, check_sizes, read_chunks
+from ..native.lib import ggml_base
+from .evaluate import Progress, check_sizes, decode, open_session, read_chunks
 
 # From ggml/include/ggml.h of the llama.cpp that llama-cpp-python 0.3.36 bundles (GGML_MAX_DIMS 4,
 # GGML_MAX_OP_PARAMS 64, GGML_MAX_SRC 10, GGML_MAX_NAME 64). _check_ggml_abi compares it with the library.
@@ -96,17 +96,15 @@ def compute_imatrix(
     t0 = time.perf_counter()
     _check_ggml_abi()
     collector = _Collector()
-    with (
-        captured_llama_log() as log,
-        LlamaSession(lm_gguf, n_ctx=ctx, n_batch=ctx, threads=threads, log=log, cb_eval=collector) as session,
-    ):
-        arch = _architecture(session)
-        chunks = read_chunks(session, text, ctx, max_chunks)
+    with open_session(lm_gguf, n_ctx=ctx, n_batch=ctx, threads=threads, cb_eval=collector) as context:
+        # gguf-py's writer requires an architecture; the imatrix file keeps the model's.
+        arch = context.lm.meta("general.architecture") or "unknown"
+        chunks = read_chunks(context.lm, text, ctx, max_chunks)
         for k, chunk in enumerate(chunks):
-            session.reset()
+            context.clear()
             # Last-token logits suffice: qwen35 drops unused rows only after output_norm, so every blk.*
             # matmul sees the whole chunk (_check_counts catches a llama.cpp that drops them earlier).
-            session.decode(chunk, 0, all_logits=False)
+            decode(context, chunk, 0, all_logits=False)
             if collector.error is not None:
                 raise collector.error
             if progress:
@@ -176,7 +174,7 @@ def _weight_name(t: GgmlTensor) -> str:
 
 def _check_ggml_abi() -> None:
     """Refuse a libggml whose enum or struct size differs from what this module was written against."""
-    lib = _libggml_base()
+    lib = ggml_base()
     lib.ggml_op_name.restype, lib.ggml_op_name.argtypes = ctypes.c_char_p, [ctypes.c_int]
     lib.ggml_tensor_overhead.restype, lib.ggml_tensor_overhead.argtypes = ctypes.c_size_t, []
     op, size = lib.ggml_op_name(GGML_OP_MUL_MAT), lib.ggml_tensor_overhead() - _GGML_OBJECT_SIZE
@@ -185,17 +183,6 @@ def _check_ggml_abi() -> None:
             f"unsupported ggml build (op {GGML_OP_MUL_MAT} is {op!r}, ggml_tensor is {size} "
             f"bytes, expected MUL_MAT and {ctypes.sizeof(GgmlTensor)}); use llama-cpp-python 0.3.36"
         )
-
-
-def _libggml_base() -> ctypes.CDLL:
-    import llama_cpp
-
-    lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    for pattern in ("libggml-base.so", "libggml-base.dylib", "ggml-base.dll"):
-        found = sorted(lib_dir.glob(pattern))
-        if found:
-            return ctypes.CDLL(str(found[0]))
-    raise QuantizeError(f"{lib_dir}: no libggml-base library in the llama-cpp-python install")
 
 
 def _check_counts(collector: _Collector, lm_gguf: Path, n_tokens: int) -> None:
@@ -207,15 +194,6 @@ def _check_counts(collector: _Collector, lm_gguf: Path, n_tokens: int) -> None:
             f"{lm_gguf}: {short[0]} saw {collector.counts[short[0]]} of {n_tokens} tokens; "
             "this llama.cpp build skips rows the importance matrix needs"
         )
-
-
-def _architecture(session: LlamaSession) -> str:
-    """general.architecture of the model, kept in the imatrix file (gguf-py's writer requires one)."""
-    import llama_cpp
-
-    buf = ctypes.create_string_buffer(128)
-    n = llama_cpp.llama_model_meta_val_str(session.model, b"general.architecture", buf, len(buf))
-    return buf.value.decode() if n > 0 else "unknown"
 
 
 def _kvs(text: Path, n_chunks: int, ctx: int) -> list[KV]:

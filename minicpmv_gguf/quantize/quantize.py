@@ -7,7 +7,6 @@ imatrix GGUF format, an atomic output file, and llama.cpp's log turned into one-
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import re
@@ -22,7 +21,7 @@ from gguf import GGMLQuantizationType, GGUFReader
 
 from ..errors import QuantizeError
 from ..gguf_io import atomic_output, check_gguf_complete, read_gguf_header
-from ..llama_log import captured_llama_log
+from ..native import quantize_model
 
 # llama-quantize's names -> llama_ftype (include/llama.h). MoE-only and ternary types are left out.
 QUANT_TYPES = {
@@ -222,15 +221,14 @@ def load_imatrix(path: Path) -> dict[str, np.ndarray]:
 
 
 def _tensor_progress(src: Path, progress: Callable[[int, int], None]) -> Callable[[str], None]:
-    """A log-line hook: llama.cpp logs "[ i/ n] NAME - ..." as it starts each tensor, so the ones before are done."""
+    """A log-line hook: llama.cpp's line "[ i/ n] NAME - ... size = ..." ends once NAME is written."""
     sizes = {t.name: t.nbytes for t in read_gguf_header(src).tensors}
-    total, state = sum(sizes.values()), {"done": 0, "current": 0}
+    total, state = sum(sizes.values()), {"done": 0}
 
     def on_line(line: str) -> None:
         m = _TENSOR_LINE.match(line)
         if m:
-            state["done"] += state["current"]
-            state["current"] = sizes.get(m.group(1), 0)
+            state["done"] += sizes.get(m.group(1), 0)
             progress(state["done"], total)
 
     return on_line
@@ -251,36 +249,19 @@ def _run_quantizer(
     threads: int | None,
     on_line: Callable[[str], None] | None = None,
 ) -> None:
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
-    params.nthread = threads or os.cpu_count() or 1
-    keep_alive = []  # ctypes arrays must outlive the call
-    if overrides:
-        arr = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
-        for i, (pattern, type_name) in enumerate(overrides.items()):
-            arr[i].pattern, arr[i].type = pattern.encode(), int(_ggml_type(type_name))
-        params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
-        keep_alive.append(arr)
-    if imatrix:
-        arr = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
-        for i, (name, values) in enumerate(imatrix.items()):
-            values = np.ascontiguousarray(values, dtype=np.float32)
-            keep_alive.append(values)
-            arr[i].name = name.encode()
-            arr[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-            arr[i].size = values.size
-        params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
-        keep_alive.append(arr)
-    with captured_llama_log(on_line) as log:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    if rc != 0:
+    types = {pattern: int(_ggml_type(type_name)) for pattern, type_name in overrides.items()}
+    try:
+        quantize_model(
+            src,
+            dst,
+            ftype=ftype,
+            overrides=types,
+            imatrix=imatrix,
+            threads=threads or os.cpu_count() or 1,
+            on_line=on_line,
+        )
+    except QuantizeError:
         if shutil.disk_usage(dst.parent).free < _FULL_DISK_BYTES:
             # llama.cpp reports a failed write only as "iostream error"; atomic_output names the file.
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
-        reason = next(
-            (line for line in reversed(log) if "error" in line.lower() or "missing" in line.lower()),
-            log[-1] if log else "no message",
-        )
-        raise QuantizeError(f"{src}: llama.cpp's quantizer failed: {reason.strip()}")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst)) from None
+        raise

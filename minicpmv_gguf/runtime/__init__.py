@@ -9,12 +9,12 @@
 ...     print(chat.last_reply.timings.summary())
 """
 
+from ..native import physical_cores
 from ..spec import DETAIL_MODES
 from .chat import ChatSession, Reply, Timings
 from .headers import LMHeader, MmprojHeader, read_lm_header, read_mmproj_header
 from .media import DEFAULT_MAX_FRAMES, Picture, load_image, load_video
 from .model import Model, open_model
-from .native import physical_cores
 from .sampling import GREEDY, Sampling
 
 __all__ = [

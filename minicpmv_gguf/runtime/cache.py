@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import contextmanager
 
-from .llm import Context
+from ..native import Context
 from .units import Key
 
 

@@ -12,15 +12,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import InputError
+from ..native import Context, LanguageModel, MediaChunks, Vision
 from .cache import SequenceCache, common_prefix
 from .headers import MmprojHeader
-from .llm import Context, LanguageModel
 from .media import ImageSource, Picture, fit_within, load_image, load_video
 from .prompt import ChatTemplate, Message, layout, nfc, tail_start, user_message
 from .reply import Clock, Reply, Timings, split_reasoning
 from .sampling import Sampler, Sampling, TextStream
 from .units import ImageSpan, PictureLayout, Prompt, TextRun, Unit, picture_layout
-from .vision import MediaChunks, Vision
 
 
 def stable_point(rendered: str, shared: int, prompt: Prompt, tokenize) -> int | None:

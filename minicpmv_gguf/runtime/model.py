@@ -6,12 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InputError, ModelLoadError
+from ..native import LanguageModel, physical_cores
 from ..spec import DEFAULT_MAX_TOKENS, DEFAULT_MODE, DEFAULT_N_CTX, DETAIL_MODES
 from .chat import ChatSession
 from .headers import MmprojHeader, check_pair, read_lm_header, read_mmproj_header
-from .llm import LanguageModel
 from .media import DEFAULT_MAX_FRAMES
-from .native import physical_cores
 from .sampling import Sampling
 
 

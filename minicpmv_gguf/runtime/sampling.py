@@ -6,8 +6,8 @@ import codecs
 from dataclasses import dataclass
 
 from ..errors import InputError
+from ..native import LanguageModel, Sampler  # noqa: F401 - Sampler: chat.py imports it from here
 from ..spec import REPEAT_PENALTY, TEMPERATURE, TOP_K, TOP_P
-from .llm import Context, LanguageModel
 
 
 @dataclass(frozen=True)
@@ -49,53 +49,6 @@ class Sampling:
 
 
 GREEDY = Sampling(temperature=0.0, repeat_penalty=1.0)
-
-
-class Sampler:
-    """A llama.cpp sampler chain for one reply, primed with the prompt's text tokens for the repeat penalty."""
-
-    def __init__(
-        self, sampling: Sampling, prompt_tokens: list[int], n_vocab: int, *, grammar: str | None = None, lm=None
-    ) -> None:
-        import llama_cpp as L
-
-        s = sampling
-        self.chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-        stages = []
-        if grammar is not None:  # first, so that every later stage sees only what the grammar allows
-            stage = L.llama_sampler_init_grammar(lm.vocab, grammar.encode(), b"root")
-            if not stage:
-                L.llama_sampler_free(self.chain)
-                raise InputError("llama.cpp could not parse the grammar for response_format")
-            stages.append(stage)
-        if s.repeat_penalty != 1.0 and s.repeat_last_n > 0:
-            penalties = L.llama_sampler_init_penalties(n_vocab, s.repeat_last_n, s.repeat_penalty, 0.0, 0.0)
-            for token in prompt_tokens[-s.repeat_last_n :]:  # primed alone: a grammar must not see the prompt
-                L.llama_sampler_accept(penalties, token)
-            stages.append(penalties)
-        if s.greedy:
-            stages.append(L.llama_sampler_init_greedy())
-        else:
-            stages += [L.llama_sampler_init_top_k(s.top_k)] if s.top_k > 0 else []
-            stages += [L.llama_sampler_init_top_p(s.top_p, 1)] if s.top_p < 1 else []
-            stages += [L.llama_sampler_init_min_p(s.min_p, 1)] if s.min_p > 0 else []
-            seed = L.LLAMA_DEFAULT_SEED if s.seed is None else s.seed
-            stages += [L.llama_sampler_init_temp(s.temperature), L.llama_sampler_init_dist(seed)]
-        for stage in stages:
-            L.llama_sampler_chain_add(self.chain, stage)  # the chain owns and frees its stages
-
-    def sample(self, context: Context) -> int:
-        """The next token from the last logits of `context` (the chain also records it for the penalty)."""
-        import llama_cpp as L
-
-        return L.llama_sampler_sample(self.chain, context.ctx, -1)
-
-    def close(self) -> None:
-        import llama_cpp as L
-
-        if self.chain:
-            L.llama_sampler_free(self.chain)
-        self.chain = None
 
 
 class TextStream:

@@ -15,14 +15,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..errors import InputError
+from ..native import Context, LanguageModel, Vision
 from ..runtime.chat import stable_point
 from ..runtime.headers import MmprojHeader
-from ..runtime.llm import Context, LanguageModel
 from ..runtime.media import Picture
 from ..runtime.prompt import ChatTemplate, Message, layout
 from ..runtime.sampling import Sampler, Sampling, TextStream
 from ..runtime.units import ImageSpan, Key, Prompt, TextRun, Unit, picture_layout
-from ..runtime.vision import Vision
 from .caches import ByteLRU, EncodedImage, StateCache
 from .textflow import StopFilter
 

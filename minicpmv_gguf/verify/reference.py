@@ -27,11 +27,13 @@ def hf_logits(model, ids: list[int]) -> np.ndarray:
 
 def load_llama(gguf_path: Path, n_ctx: int = 2048, **kwargs):
     """A CPU Llama that keeps the logits of every position (llm.scores)."""
-    from llama_cpp import Llama
+    from ..native import llama_cpp  # the toolkit's loader: its log callback is in place before the Llama logs
 
     kwargs.setdefault("logits_all", True)
     kwargs.setdefault("n_threads", N_THREADS)
-    return Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=512, n_gpu_layers=0, verbose=False, **kwargs)
+    return llama_cpp().Llama(
+        model_path=str(gguf_path), n_ctx=n_ctx, n_batch=512, n_gpu_layers=0, verbose=False, **kwargs
+    )
 
 
 def llama_logits(llm, ids: list[int]) -> np.ndarray:

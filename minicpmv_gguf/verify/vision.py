@@ -1,20 +1,20 @@
 """The same image (and prompt) through libmtmd (llama-cpp-python) and transformers, for verify and the tests.
 
-The mtmd side feeds raw RGB bytes through `mtmd_bitmap_init`, so no image codec sits between the two
-pipelines; every ctypes object is freed in `finally`.
+The mtmd side is `native.Vision` next to a llama-cpp-python `Llama`, fed raw RGB bytes, so no image
+codec sits between the two pipelines.
 """
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from ..runtime.native import route_native_logs
-from ..runtime.vision import MEDIA_MARKER, chunk_text_tokens, is_image_chunk, rgb_bitmap
+from ..errors import ToolkitError
+from ..native import MEDIA_MARKER, MediaChunks, Vision
+from ..native.context import logits_row
 from ..spec import image_id
 from .reference import N_THREADS
 
@@ -23,54 +23,34 @@ from .reference import N_THREADS
 
 
 @contextmanager
-def _mtmd_chunks(llm, mmproj_path: Path, text: str, image) -> Iterator[tuple[object, list]]:
-    """Yield (mtmd context, chunk handles) for `text` with one image bound to its media marker."""
-    import llama_cpp.mtmd_cpp as M
+def _mtmd_chunks(llm, mmproj_path: Path, text: str, image) -> Iterator[tuple[Vision, MediaChunks]]:
+    """Yield (libmtmd next to the Llama `llm`, the chunks of `text` with one image at its media marker).
 
-    route_native_logs()  # libmtmd's per-chunk chatter goes to logging (DEBUG), not stderr
-    params = M.mtmd_context_params_default()
+    Raises:
+        RuntimeError: libmtmd cannot load the mmproj or preprocess the image (a failed check for verify).
+    """
     threads = getattr(llm, "n_threads", N_THREADS)  # as many as the Llama was given
-    params.use_gpu, params.n_threads, params.warmup, params.print_timings = False, threads, False, False
-    ctx = bitmap = chunks = None
+    # Raw RGB: mtmd sees exactly the bytes that the HF processor gets (no PNG/JPEG round trip).
+    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
     try:
-        ctx = M.mtmd_init_from_file(str(mmproj_path).encode(), llm.model, params)
-        if not ctx:
-            raise RuntimeError(f"mtmd_init_from_file failed for {mmproj_path}")
-        # Raw RGB: mtmd sees exactly the bytes that the HF processor gets (no PNG/JPEG round trip).
-        bitmap = rgb_bitmap(np.asarray(image.convert("RGB"), dtype=np.uint8))
-        raw = text.encode()
-        inp = M.mtmd_input_text()
-        inp.text, inp.text_len, inp.add_special, inp.parse_special = raw, len(raw), False, True
-        chunks = M.mtmd_input_chunks_init()
-        rc = M.mtmd_tokenize(ctx, chunks, ctypes.byref(inp), (M.mtmd_bitmap_p_ctypes * 1)(bitmap), 1)
-        if rc != 0:
-            raise RuntimeError(f"mtmd_tokenize returned {rc}")
-        yield ctx, [M.mtmd_input_chunks_get(chunks, i) for i in range(M.mtmd_input_chunks_size(chunks))]
-    finally:
-        if chunks:
-            M.mtmd_input_chunks_free(chunks)
-        if bitmap:
-            M.mtmd_bitmap_free(bitmap)
-        if ctx:
-            M.mtmd_free(ctx)
+        vision = Vision.beside(mmproj_path, llm, threads=threads)
+    except ToolkitError as err:
+        raise RuntimeError(str(err)) from err
+    with vision:
+        try:
+            media = vision.tokenize(rgb, text)
+        except ToolkitError as err:
+            raise RuntimeError(str(err)) from err
+        try:
+            yield vision, media
+        finally:
+            media.close()
 
 
 def mtmd_image_embeddings(llm, mmproj_path: Path, image) -> list[np.ndarray]:
     """float32 [n_tokens, n_embd] per image chunk (overview first, then slices row-major) from libmtmd."""
-    import llama_cpp
-    import llama_cpp.mtmd_cpp as M
-
-    n_embd = llama_cpp.llama_model_n_embd(llm.model)
-    out = []
-    with _mtmd_chunks(llm, mmproj_path, MEDIA_MARKER, image) as (ctx, chunks):
-        for chunk in filter(is_image_chunk, chunks):
-            n = M.mtmd_input_chunk_get_n_tokens(chunk)
-            if M.mtmd_encode_chunk(ctx, chunk) != 0:
-                raise RuntimeError("mtmd_encode_chunk failed")
-            # The output buffer belongs to ctx and is overwritten by the next encode: copy it.
-            embd = np.ctypeslib.as_array(M.mtmd_get_output_embd(ctx), shape=(n * n_embd,))
-            out.append(embd.reshape(n, n_embd).copy())
-    return out
+    with _mtmd_chunks(llm, mmproj_path, MEDIA_MARKER, image) as (vision, media):
+        return [vision.encode(part) for part in media.parts if not isinstance(part, list)]
 
 
 def mtmd_prompt_ids(llm, mmproj_path: Path, prompt_text: str, image, image_token_id: int) -> list[int]:
@@ -78,13 +58,10 @@ def mtmd_prompt_ids(llm, mmproj_path: Path, prompt_text: str, image, image_token
 
     Comparable with HF input_ids, where every image feature sits on an `<|image_pad|>` token.
     """
-    import llama_cpp.mtmd_cpp as M
-
     ids: list[int] = []
-    with _mtmd_chunks(llm, mmproj_path, prompt_text, image) as (_, chunks):
-        for chunk in chunks:
-            n = M.mtmd_input_chunk_get_n_tokens(chunk)
-            ids += [image_token_id] * n if is_image_chunk(chunk) else chunk_text_tokens(chunk)
+    with _mtmd_chunks(llm, mmproj_path, prompt_text, image) as (_, media):
+        for part in media.parts:
+            ids += part if isinstance(part, list) else [image_token_id] * part.n_tokens
     return ids
 
 
@@ -94,25 +71,15 @@ def mtmd_last_logits(llm, mmproj_path: Path, prompt_text: str, image) -> np.ndar
     Text chunks go through `llm.eval`, image chunks through `mtmd_helper_eval_chunk_single`, all on
     sequence 0 with consecutive positions; the memory is cleared first.
     """
-    import llama_cpp
-    import llama_cpp.mtmd_cpp as M
-
     llm.reset()
-    with _mtmd_chunks(llm, mmproj_path, prompt_text, image) as (ctx, chunks):
-        for chunk in chunks:
-            if not is_image_chunk(chunk):
-                llm.eval(chunk_text_tokens(chunk))
-                continue
-            new_n_past = llama_cpp.llama_pos(0)
-            rc = M.mtmd_helper_eval_chunk_single(
-                ctx, llm.ctx, chunk, llm.n_tokens, 0, llm.n_batch, True, ctypes.byref(new_n_past)
-            )
-            if rc != 0:
-                raise RuntimeError(f"mtmd_helper_eval_chunk_single returned {rc}")
-            llm.n_tokens = new_n_past.value
+    with _mtmd_chunks(llm, mmproj_path, prompt_text, image) as (vision, media):
+        for part in media.parts:
+            if isinstance(part, list):
+                llm.eval(part)
+            else:
+                llm.n_tokens = vision.eval_chunk(llm.ctx, part, llm.n_tokens, llm.n_batch)
         # Row -1 = the last token of the last decode, whether it was a text or an image batch.
-        ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
-        return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).astype(np.float32)
+        return logits_row(llm.ctx, -1, llm.n_vocab())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,40 +1,27 @@
 """ggml's own row kernels (float32 <-> F16/BF16, quantization), from the libraries llama-cpp-python ships.
 
-numpy has no hardware half-precision cast on most x86 CPUs (about 30 M values/s here); ggml's SIMD
-kernels convert billions per second and round exactly as llama.cpp does. The shared libraries are
-loaded with ctypes, without importing the llama_cpp Python package.
+numpy has no hardware half-precision cast on most x86 CPUs; ggml's SIMD kernels convert far faster and
+round exactly as llama.cpp does. The shared libraries come from `lib.ggml_base()` / `lib.ggml_cpu()`,
+without importing the llama_cpp Python package.
 """
 
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from .errors import ToolkitError
+from .lib import ggml_base, ggml_cpu
 
 _c = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64
 
 
-def _find(lib_dir: Path, stem: str) -> Path:
-    for name in (f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll", f"lib{stem}.dll"):
-        if (lib_dir / name).exists():
-            return lib_dir / name
-    raise ToolkitError(f"{lib_dir}: no {stem} library; reinstall llama-cpp-python")
-
-
 @cache
 def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
-    spec = importlib.util.find_spec("llama_cpp")
-    if spec is None or not spec.submodule_search_locations:
-        raise ToolkitError("llama-cpp-python is not installed (pip install 'llama-cpp-python>=0.3.36')")
-    lib_dir = Path(spec.submodule_search_locations[0]) / "lib"
-    base = ctypes.CDLL(str(_find(lib_dir, "ggml-base")))
-    cpu = ctypes.CDLL(str(_find(lib_dir, "ggml-cpu")))
+    """(libggml-base, libggml-cpu) with the kernels' prototypes set and the CPU's SIMD paths chosen."""
+    base, cpu = ggml_base(), ggml_cpu()
     for fn in (cpu.ggml_cpu_fp32_to_fp16, cpu.ggml_cpu_fp32_to_bf16, cpu.ggml_cpu_bf16_to_fp32):
         fn.argtypes, fn.restype = _c, None
     base.ggml_quantize_chunk.argtypes = (
