@@ -211,3 +211,13 @@ def test_a_refused_state_clears_the_memory(lm):
             assert not ctx.restore_state(broken)
             # Positions from 0 again, as in an empty memory (a kept sequence would refuse them).
             assert np.array_equal(last_logits(ctx, prefix, 0), want)
+
+
+def test_extra_weight_buffers_are_off_exactly_on_amx_builds():
+    # With them this llama.cpp segfaults decoding quantized weights of this model on AMX CPUs.
+    from minicpmv_gguf.native import llama_cpp
+    from minicpmv_gguf.native.lib import has_amx
+
+    L = llama_cpp()
+    assert L.llama_model_default_params().use_extra_bufts is (not has_amx(L))
+    assert L.llama_cpp.llama_model_default_params().use_extra_bufts is (not has_amx(L))
