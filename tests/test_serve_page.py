@@ -396,7 +396,14 @@ def test_a_phone_in_dark_mode(browser, page_server, tmp_path):
     """390 px wide, dark, and the page's own CSP in force (no bypass): nothing overflows, the list slides in."""
     from playwright.sync_api import expect
 
-    c = Chat(browser, page_server, viewport={"width": 390, "height": 844}, color_scheme="dark", bypass_csp=False)
+    c = Chat(
+        browser,
+        page_server,
+        viewport={"width": 390, "height": 844},
+        color_scheme="dark",
+        reduced_motion="reduce",
+        bypass_csp=False,
+    )
     page = c.open().page
     c.attach(HOUSE)
     expect(page.locator(".attachments .mark")).to_have_text("ready", timeout=30_000)
@@ -412,3 +419,57 @@ def test_a_phone_in_dark_mode(browser, page_server, tmp_path):
     expect(page.locator("#sidebar")).not_to_be_in_viewport()
     page.screenshot(path=tmp_path / "chat-page-phone.png", full_page=True)
     c.close()
+
+
+def test_a_big_rotated_photo_is_sent_upright_and_downscaled(chat, tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    page = chat.page
+    photo = tmp_path / "photo.jpg"  # stored 2400 x 1600 with a red top-left corner, EXIF: turn 90 degrees
+    image = Image.new("RGB", (2400, 1600), (40, 90, 200))
+    image.paste((220, 30, 30), (0, 0, 600, 400))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image.save(photo, quality=90, exif=exif.tobytes())
+    chat.attach(photo)
+    expect(page.locator(".attachments .mark")).to_have_text("ready", timeout=30_000)
+    url = chat.prepared[-1]["image_url"]["url"]
+    assert url.startswith("data:image/jpeg;base64,")
+    sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert sent.size == (1195, 1792)  # upright (portrait), the longest side at the page's 1792
+    r, g, b = sent.getpixel((1100, 100))  # the stored top-left corner, turned to the top right
+    assert r > 150 and g < 100 and b < 100, (r, g, b)
+    chat.ask("Which way is up?")
+    assert "1195×1792" in page.locator(".msg.user img").get_attribute("title")
+
+
+def test_drop_and_paste_attach_images(chat):
+    from playwright.sync_api import expect
+
+    page = chat.page
+    # A synthetic drop on the window and a paste in the message box, each with one PNG file.
+    page.evaluate("""async () => {
+        const canvas = Object.assign(document.createElement('canvas'), {width: 40, height: 30});
+        canvas.getContext('2d').fillRect(0, 0, 20, 15);
+        const blob = await new Promise((done) => canvas.toBlob(done, 'image/png'));
+        const files = (name) => {
+            const dt = new DataTransfer();
+            dt.items.add(new File([blob], name, {type: 'image/png'}));
+            return dt;
+        };
+        window.dispatchEvent(new DragEvent('dragenter', {dataTransfer: files('a.png'), cancelable: true}));
+        window.dispatchEvent(new DragEvent('drop', {dataTransfer: files('dropped.png'), cancelable: true}));
+        document.getElementById('input').dispatchEvent(
+            new ClipboardEvent('paste', {clipboardData: files('pasted.png'), bubbles: true, cancelable: true}));
+    }""")
+    expect(page.locator(".attachments .mark")).to_have_text(["ready", "ready"], timeout=30_000)
+    expect(page.locator("#drop")).to_be_hidden()
+    assert [p["image_url"]["url"][:22] for p in chat.prepared] == ["data:image/png;base64,"] * 2
+    page.get_by_role("button", name="Remove pasted.png").click()
+    chat.ask("What is it?")
+    [message] = chat.sent[-1]["messages"]
+    assert [p["type"] for p in message["content"]] == ["image_url", "text"]
