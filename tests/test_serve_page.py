@@ -18,8 +18,6 @@ from tests.serve_cases import API_KEY, Server, start
 pytestmark = pytest.mark.slow
 CHROMIUM = Path("/usr/bin/chromium")
 HOUSE = Path(__file__).parent.parent / "examples" / "house.png"
-# Set to a path to write the conversation screenshot there too (docs/chat-page.png is taken this way).
-SHOT_ENV = "MINICPMV_PAGE_SCREENSHOT"
 
 
 @pytest.fixture(scope="module")
@@ -171,9 +169,7 @@ def test_an_image_question_streams_in_with_its_status_line(chat, tmp_path):
     assert [p["type"] for p in message["content"]] == ["image_url", "text"]
     assert message["content"][1]["text"] == "What is in the picture?"
     assert all(u.startswith(chat.server.url) or u.startswith(("data:", "blob:")) for u in chat.urls), chat.urls
-    page.screenshot(path=tmp_path / "chat-page.png", full_page=True)
-    if os.environ.get(SHOT_ENV):
-        page.screenshot(path=os.environ[SHOT_ENV], full_page=True)
+    page.screenshot(path=tmp_path / "chat-page.png", full_page=True)  # docs/screenshot.py takes the README's
 
 
 def test_stop_ends_the_stream_and_the_server_is_free_for_the_next_message(chat):
