@@ -220,6 +220,9 @@ def test_a_reload_keeps_the_conversation_and_export_is_its_json(chat):
     assert [m["role"] for m in exported["messages"]] == ["user", "assistant", "user", "assistant"]
     assert exported["messages"][0]["images"][0]["url"].startswith("data:image/png;base64,")
     assert all(m["content"] and m["timings"]["predicted_n"] > 0 for m in exported["messages"][1::2])
+    chat.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.locator(".msg.assistant").first.get_by_role("button", name="Copy").click()
+    assert page.evaluate("navigator.clipboard.readText()") == exported["messages"][1]["content"]
     # Regenerate sends the same conversation again and replaces the last reply.
     before = len(chat.sent)
     page.locator(".msg.assistant").last.get_by_role("button", name="Regenerate").click()
@@ -373,18 +376,23 @@ def test_the_api_key_is_asked_once_and_kept_for_the_session(browser, page_server
     page = c.page
     page.goto(page_server.url + "/")
     dialog = page.locator("#key-dialog")
-    expect(dialog).to_be_visible()
+    expect(dialog).to_be_visible()  # GET /v1/models answered 401
+    page.click("#key-dialog button[value=cancel]")
+    expect(page.locator("#notice")).to_contain_text("needs an API key")
+    page.fill("#input", "Hello?")
+    page.press("#input", "Enter")
+    expect(dialog).to_be_visible()  # asked again, once, for the two requests that met a 401
     page.fill("#key", "wrong")
     page.click("#key-dialog button[value=ok]")
     expect(page.locator("#key-why")).to_contain_text("refused")
     page.fill("#key", API_KEY)
     page.click("#key-dialog button[value=ok]")
-    expect(page.locator("#model")).to_contain_text("minicpm-v4.6")
-    c.ask("Hello?")
+    c.wait_reply(1)
     assert "tokens/s" in page.locator(".msg.assistant .status").last.inner_text()
+    expect(page.locator("#model")).to_contain_text("minicpm-v4.6")
     page.reload()
     expect(page.locator("#model")).to_contain_text("minicpm-v4.6")
-    assert not dialog.is_visible()
+    assert not dialog.is_visible() and page.evaluate("sessionStorage.getItem('minicpmv.apiKey')") == API_KEY
     c.close()
 
 

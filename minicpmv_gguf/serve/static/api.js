@@ -34,9 +34,12 @@ function keyFromUser(refused) {
   return asking;
 }
 
-function plainWords(status, message) {
+function plainWords(status, message, sentKey) {
   if (status === 0) return "Could not reach the server. Is `minicpmv-gguf serve` still running?";
-  if (status === 401) return "The server refused the API key. Reload the page to enter it again.";
+  if (status === 401) {
+    return sentKey ? "The server refused the API key. Send again to enter another one."
+      : "This server needs an API key (serve --api-key). Send again to enter it.";
+  }
   if (status === 413) {
     return `That is too big for this server (${message}). Attach a smaller image, or start a new conversation: `
       + "each message sends the conversation's images again.";
@@ -46,7 +49,7 @@ function plainWords(status, message) {
   return `The server refused this message: ${message}`;
 }
 
-async function errorOf(res) {
+async function errorOf(res, sentKey) {
   let message = res.statusText || `HTTP ${res.status}`;
   try {
     const body = await res.json();
@@ -54,7 +57,7 @@ async function errorOf(res) {
   } catch {
     // not JSON: keep the status text
   }
-  return new ApiError(res.status, plainWords(res.status, message));
+  return new ApiError(res.status, plainWords(res.status, message, sentKey));
 }
 
 // fetch with the key; on a 401 it asks for the key (once per tab) and tries again with it.
@@ -82,7 +85,7 @@ export async function request(path, { body, signal } = {}) {
         continue;
       }
     }
-    if (!res.ok) throw await errorOf(res);
+    if (!res.ok) throw await errorOf(res, sentKey);
     return res;
   }
 }

@@ -16,7 +16,7 @@ const state = {
   chat: null,
   pending: [], // images attached and not sent yet
   controller: null, // the streaming reply's AbortController
-  live: null, // {msg, node} of the reply being streamed
+  live: null, // {chat, msg, node} of the reply being streamed
   modelId: null,
 };
 
@@ -34,7 +34,9 @@ function save(chat = state.chat) {
 function openChat(chat) {
   state.chat = chat;
   // A reply that was still streaming when the page was closed ends where it was.
-  for (const m of chat.messages) if (m.role === "assistant" && !m.finish && !m.error) m.stopped = true;
+  for (const m of chat.messages) {
+    if (m.role === "assistant" && !m.finish && !m.error && m !== state.live?.msg) m.stopped = true;
+  }
   if (chat.messages.length) store.setCurrent(chat.id);
   renderChat();
   renderChats();
@@ -67,7 +69,8 @@ function chatItem(c) {
 
 function switchTo(id) {
   if (id === state.chat?.id) return closeSidebar();
-  const chat = store.loadChat(id);
+  // The conversation whose reply is streaming is the object in memory, not its copy in storage.
+  const chat = state.live?.chat.id === id ? state.live.chat : store.loadChat(id);
   if (chat) openChat(chat);
 }
 
@@ -104,8 +107,11 @@ function startRename(li, c) {
 function removeChat(c) {
   if (!confirm(`Delete “${c.title}”? This cannot be undone.`)) return;
   store.deleteChat(c.id);
+  if (state.live?.chat.id === c.id) {
+    state.live.chat.deleted = true; // its reply's end must not save it again
+    state.controller.abort();
+  }
   if (c.id === state.chat?.id) {
-    if (state.controller) state.controller.abort();
     const next = store.listChats()[0];
     openChat((next && store.loadChat(next.id)) || store.newChat());
   } else {
@@ -216,13 +222,14 @@ function send() {
 }
 
 async function reply() {
+  if (!state.modelId) loadModel(); // the page opened without the key or the server: try again now
   const chat = state.chat;
   const history = apiMessages(chat.messages);
   const msg = { role: "assistant", content: "", reasoning: "", thinking: ui.thinking.checked, created: Date.now() };
   chat.messages.push(msg);
   const controller = new AbortController();
   state.controller = controller;
-  state.live = { msg, node: null };
+  state.live = { chat, msg, node: null };
   setBusy(true);
   save(chat);
   renderChat();
@@ -251,7 +258,7 @@ async function reply() {
     state.controller = null;
     state.live = null;
     setBusy(false);
-    save(chat);
+    if (!chat.deleted) save(chat);
     if (chat === state.chat) renderChat();
   }
 }
