@@ -14,6 +14,18 @@ if ! command -v go >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" =
     fi
     rm -f "$apt_log"
 fi
+# tests/test_serve_page.py drives Debian's chromium with Playwright (Playwright's own browser download is not
+# used): install it when it is missing and apt-get can. Without it, and without root, those tests skip.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "installing chromium for the chat page tests"
+    apt_log=$(mktemp)
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            chromium; } >"$apt_log" 2>&1; then
+        cat "$apt_log" >&2
+        echo "warning: could not install chromium; tests/test_serve_page.py will fail" >&2
+    fi
+    rm -f "$apt_log"
+fi
 echo "setting up .venv (llama-cpp-python compiles from source the first time: about 6 minutes)"
 bash scripts/setup.sh test
 # Style is held by ruff (settings in pyproject.toml): lint and formatting fail the run like a test.

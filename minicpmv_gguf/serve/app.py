@@ -27,6 +27,7 @@ from ..runtime.media import Picture
 from .engine import Delta, Engine, Finish, Job
 from .errors import ServeError, error_body
 from .images import ImagePolicy, resolve_image
+from .page import mount_page
 from .requests import parse_chat_request
 from .task import ChatTask, chat_task
 from .toolcalls import ReplyParser, finish_reason, forced_prefix, reply_message, stream_deltas
@@ -80,6 +81,7 @@ def create_app(settings: Settings):
 
     app = FastAPI(title="minicpmv-gguf", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine, app.state.worker, app.state.settings = engine, worker, settings
+    mount_page(app, settings)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_headers=["*"])
 
