@@ -103,3 +103,51 @@ def test_json_grammar_constrains_the_reply(engine):
     grammar = 'root ::= "{" space "\\"n\\"" space ":" space [0-9] [0-9]? space "}"\nspace ::= " "?'
     text, finish = ask(engine, [user("Give me a number as JSON.")], grammar=grammar)
     assert isinstance(json.loads(text)["n"], int) and finish.reason == "stop"
+
+
+def test_a_reply_warmed_in_spare_time_leaves_only_the_new_question(model, engine, tiny_files):
+    from minicpmv_gguf.runtime import load_image
+
+    pics = [load_image(tiny_files.image_a)]
+    first, _ = ask(engine, [user(QUESTION, 1)], pics)
+    from minicpmv_gguf.runtime import GREEDY
+    from minicpmv_gguf.serve.engine import Job
+
+    added = engine.warm(Job([user(QUESTION, 1)], tuple(pics), None, sampling=GREEDY), first)
+    assert added > 0
+    history = [user(QUESTION, 1), {"role": "assistant", "content": first}, user("Why?")]
+    got, finish = ask(engine, history, pics)
+    question = len(engine.lm.tokenize("Why?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"))
+    assert finish.usage.prompt_tokens - finish.usage.cached_tokens <= question
+    assert [first, got] == runtime_answers(model, [(QUESTION, [tiny_files.image_a]), ("Why?", [])])
+
+
+def test_embeddings_decode_exactly_as_libmtmd_decodes_them(model, tiny_files):
+    # The server keeps embeddings, not libmtmd's chunks; evaluating them must give libmtmd's logits, every time.
+    import numpy as np
+
+    from minicpmv_gguf.native import Context, Vision
+    from minicpmv_gguf.runtime import load_image
+
+    vision = Vision(model.mmprojs["16x"], model.lm, threads=N_THREADS)
+    media = vision.tokenize(load_image(tiny_files.image_a).rgb)
+    embs = {i: vision.encode(p) for i, p in enumerate(media.parts) if not isinstance(p, list)}
+    head, tail = model.lm.tokenize("<|im_start|>user\nLook:"), model.lm.tokenize(" What?<|im_end|>\n")
+    runs = {}
+    for way in ("libmtmd", "ours", "ours again"):
+        with Context(model.lm, n_ctx=512, n_batch=64, threads=N_THREADS) as ctx:  # n_batch < image: split
+            ctx.decode(head, 0, logits_last=False)
+            pos = len(head)
+            for i, part in enumerate(media.parts):
+                if isinstance(part, list):
+                    ctx.decode(part, pos, logits_last=False)
+                elif way == "libmtmd":
+                    vision.decode(ctx, part, embs[i], pos)
+                else:
+                    ctx.decode_embd(embs[i], pos)
+                pos += len(part) if isinstance(part, list) else part.n_pos
+            ctx.decode(tail, pos, logits_last=True)
+            runs[way] = ctx.logits(len(tail) - 1, len(tail))
+    media.close()
+    vision.close()
+    assert np.array_equal(runs["libmtmd"], runs["ours"]) and np.array_equal(runs["ours"], runs["ours again"])

@@ -21,6 +21,8 @@ from .lib import alive, llama_cpp
 from .log import capture_log, failure_reason
 from .model import LanguageModel
 
+_MROPE_SECTIONS = 4  # GGML_MROPE_SECTIONS: llama.cpp reads this many position sections from embedding batches
+
 
 class Context:
     """One llama.cpp context on `lm`: sequence 0 of `n_ctx` positions, fed `n_batch` tokens at a time.
@@ -115,12 +117,18 @@ class Context:
             if self._embd_batch is None:
                 self._embd_batch = L.llama_batch_init(self.n_batch, embd.shape[1], 1)
             b = self._embd_batch
-            for start in range(0, len(embd), self.n_batch):
-                part = embd[start : start + self.n_batch]
+            # An embedding batch carries M-RoPE positions section-major, pos[j * n + i], for up to four sections:
+            # the position in every one gives libmtmd's logits bit for bit (tested); unset ones are garbage.
+            step = self.n_batch // _MROPE_SECTIONS
+            for start in range(0, len(embd), step):
+                part = embd[start : start + step]
+                n = len(part)
                 ctypes.memmove(b.embd, part.ctypes.data, part.nbytes)
-                for i in range(len(part)):
+                for i in range(n):
                     b.pos[i], b.n_seq_id[i], b.logits[i] = pos0 + start + i, 1, False
                     b.seq_id[i][0] = 0
+                for i in range(n, _MROPE_SECTIONS * n):
+                    b.pos[i] = pos0 + start + i % n
                 b.n_tokens = len(part)
                 with capture_log() as lines:
                     rc = L.llama_decode(ctx, b)

@@ -90,6 +90,15 @@ class ChatTemplate:
         later = messages + [{"role": "assistant", "content": _SENTINELS[0]}, {"role": "user", "content": _SENTINELS[1]}]
         return len(os.path.commonprefix([now, self.render(later, enable_thinking=enable_thinking, tools=tools)]))
 
+    def next_turn_prefix(
+        self, messages: list[Message], reply: str, *, enable_thinking: bool, tools: list[dict] | None = None
+    ) -> str:
+        """The text the next turn's prompt starts with once `reply` is the assistant's answer to `messages`:
+        the reply as history, and the next user turn's opening."""
+        later = messages + [{"role": "assistant", "content": reply}, {"role": "user", "content": _SENTINELS[1]}]
+        text = self.render(later, enable_thinking=enable_thinking, tools=tools, add_generation_prompt=False)
+        return text[: text.index(_SENTINELS[1])]
+
 
 def user_message(text: str, n_images: int, has_video: bool) -> Message:
     """A user turn: images first, then the video, then the text (the model card's order)."""

@@ -143,7 +143,7 @@ def create_app(settings: Settings):
         except BaseException:
             ticket.cancel.set()
             raise
-        reply = _Reply(task, job)
+        reply = _Reply(task, job, on_done=lambda content: worker.when_idle(lambda: engine.warm(job, content)))
         if task.stream:
             return StreamingResponse(
                 _sse(reply, ticket, first), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
@@ -238,8 +238,9 @@ def _encode_all(engine: Engine, job: Job):
 class _Reply:
     """One response's ids and its parser: engine events in, OpenAI chunks and message out."""
 
-    def __init__(self, task: ChatTask, job: Job) -> None:
+    def __init__(self, task: ChatTask, job: Job, on_done=None) -> None:
         self.task, self.id, self.created = task, f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        self.on_done = on_done  # gets the reply's content when it ended by itself with plain text
         self.parser = ReplyParser(task.template_tools(), thinking=job.thinking, parse_tool_calls=bool(task.tools))
         self.events = self.parser.feed(job.prefill) if job.prefill else []
 
@@ -259,8 +260,13 @@ class _Reply:
             **extra,
         }
 
-    def finish_reason(self, finish: Finish) -> str:
-        return finish_reason(self.events, "length" if finish.reason == "length" else "stop")
+    def end(self, finish: Finish) -> str:
+        """The finish reason; a reply that ended by itself with plain text goes to `on_done`."""
+        reason = finish_reason(self.events, "length" if finish.reason == "length" else "stop")
+        if self.on_done and finish.reason != "cancelled" and reason != "tool_calls":
+            # The client will send this reply back as history: the engine can evaluate it in spare time.
+            self.on_done(reply_message(self.events)["content"] or "")
+        return reason
 
 
 def _usage(finish: Finish) -> dict:
@@ -286,7 +292,7 @@ async def _sse(reply: _Reply, ticket, first):
                 for delta in stream_deltas(reply.feed(event)):
                     yield _sse_line(reply.chunk(delta))
                 timings = event.usage.timings()
-                yield _sse_line(reply.chunk({}, reply.finish_reason(event), timings=timings))
+                yield _sse_line(reply.chunk({}, reply.end(event), timings=timings))
                 if reply.task.include_usage:
                     yield _sse_line(reply.chunk(None, usage=_usage(event)))
             else:
@@ -322,7 +328,7 @@ async def _collect(reply: _Reply, ticket, first, request) -> dict:
         "object": "chat.completion",
         "created": reply.created,
         "model": reply.task.model or "minicpmv-gguf",
-        "choices": [{"index": 0, "message": reply_message(reply.events), "finish_reason": reply.finish_reason(finish)}],
+        "choices": [{"index": 0, "message": reply_message(reply.events), "finish_reason": reply.end(finish)}],
         "usage": _usage(finish),
         "timings": finish.usage.timings(),
     }

@@ -231,6 +231,30 @@ class Engine:
         )
         yield Finish(reason, usage)
 
+    def warm(self, job: Job, reply: str) -> int:
+        """Evaluate the reply as the next request will render it (history, then the next user turn's opening)
+        and snapshot it, so that a resent conversation costs only its new message; returns positions added."""
+        with self._lock:
+            text = self.template.next_turn_prefix(job.messages, reply, enable_thinking=job.thinking, tools=job.tools)
+            units: list[Unit] = []
+            for seg in layout(text, list(job.pictures), []):
+                cached = self.images.get((self.mmproj(job.mode).mode, seg.digest)) if not isinstance(seg, str) else None
+                if not isinstance(seg, str) and cached is None:
+                    return 0  # an image fell out of the cache: not worth encoding it again here
+                units += [TextRun(tuple(self.lm.tokenize(seg)))] if isinstance(seg, str) else cached.layout.units
+            prompt = Prompt(tuple(units))
+            if prompt.n_pos >= self.n_ctx:
+                return 0
+            start = self._rewind(prompt.keys + (None,))  # None: a key no prompt has, so all of it is kept
+            encoded = {
+                u.image: self.images.get((self.mmproj(job.mode).mode, u.image))
+                for u in units
+                if isinstance(u, ImageSpan)
+            }
+            self._prefill(prompt, start, set(), encoded)
+            self.states.put(tuple(self.live), self.context.save_state())
+            return prompt.n_pos - start
+
     def _rewind(self, keys: tuple[Key, ...]) -> int:
         """Make the context hold the longest usable prefix of `keys`; returns its length (at least one key
         is left to evaluate: its logits choose the first reply token)."""

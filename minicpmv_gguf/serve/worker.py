@@ -47,6 +47,7 @@ class Worker:
 
     def __init__(self, max_queued: int) -> None:
         self._queue: queue.Queue[Ticket | None] = queue.Queue(maxsize=max_queued)
+        self._idle: Callable[[], object] | None = None  # the latest spare-time task; an older one is dropped
         self._thread = threading.Thread(target=self._loop, name="minicpmv-gguf-engine", daemon=True)
         self._thread.start()
         self.busy = False
@@ -63,12 +64,16 @@ class Worker:
             raise unavailable("the server is busy: too many requests are waiting; retry shortly") from None
         return ticket
 
+    def when_idle(self, task: Callable[[], object]) -> None:
+        """Run `task` once nothing is waiting (it replaces an earlier one not yet run); requests come first."""
+        self._idle = task
+
     def stop(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=30)
 
     def _loop(self) -> None:
-        while (ticket := self._queue.get()) is not None:
+        while (ticket := self._next()) is not None:
             if ticket.cancel.is_set():
                 ticket._send(_END)
                 continue
@@ -84,3 +89,16 @@ class Worker:
                 ticket._send(err)
             finally:
                 self.busy = False
+
+    def _next(self) -> Ticket | None:
+        """The next ticket; while none is waiting, the spare-time task runs first."""
+        while True:
+            try:
+                return self._queue.get(timeout=0.01) if self._idle else self._queue.get()
+            except queue.Empty:
+                task, self._idle = self._idle, None
+                if task is not None:
+                    try:
+                        task()
+                    except Exception:  # noqa: BLE001 - a spare-time task must not end the worker
+                        log.exception("spare-time task failed")
