@@ -270,3 +270,43 @@ def test_an_image_prepared_ahead_is_not_encoded_again(server, serve_files):
     assert reply.model_extra["timings"]["images_encoded"] == 0
     bad = httpx.post(f"{server.url}/v1/images/prepare", json={"image": "x"}, headers=headers)
     assert bad.status_code == 400 and "image_url" in bad.json()["error"]["message"]
+
+
+def test_an_unknown_model_is_404(server):
+    import openai
+
+    with pytest.raises(openai.NotFoundError) as err:
+        server.client().chat.completions.create(model="gpt-4", messages=[user("hi")], max_tokens=2)
+    assert "minicpm-v4.6" in err.value.message
+
+
+def test_a_full_queue_is_503_with_retry_after():
+    # The tiny model answers in milliseconds, so the worker is held by jobs that wait on an event instead.
+    import asyncio
+    import threading
+
+    from minicpmv_gguf.serve.errors import ServeError
+    from minicpmv_gguf.serve.worker import Worker
+
+    release = threading.Event()
+
+    def job(cancel):
+        release.wait(10)
+        yield "done"
+
+    async def scenario():
+        worker = Worker(max_queued=1)
+        first = worker.submit(job)
+        while not worker.busy:
+            await asyncio.sleep(0.01)
+        second = worker.submit(job)  # waits in the queue
+        with pytest.raises(ServeError) as err:
+            worker.submit(job)
+        release.set()
+        got = [await first.next(), await second.next()]
+        worker.stop()
+        return err.value, got
+
+    err, got = asyncio.run(scenario())
+    assert err.status == 503 and err.headers() == {"Retry-After": "1"} and err.body()["error"]["code"] == 503
+    assert got == ["done", "done"]
