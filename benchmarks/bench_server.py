@@ -9,7 +9,8 @@ Rows, each the median of REPEATS (streamed requests, time to the first text delt
 - seen image: a new conversation about the image already sent;
 - decode tok/s: one text reply of DECODE_TOKENS tokens, timed from its first token;
 - aggregate tok/s with 1, 2 and 4 concurrent text clients (llama-server with -np 4 for its rows);
-- peak RSS of the server process (VmHWM) after all of it.
+- peak RSS of the server process (VmHWM) after all of it;
+- ours only: a new image prepared with POST /v1/images/prepare 3 s before the question (encode ahead).
 llama-server runs with `--reasoning off`, as OpenBMB tells its users, and `--no-repack` where ours turns
 llama.cpp's extra weight buffers off (CPUs with AMX; see the README). Writes results/server.md and .json.
 """
@@ -127,6 +128,19 @@ def cache_rows(url: str) -> dict:
     return {k: median(v) for k, v in rows.items()}
 
 
+def prepared_ttft(url: str) -> float:
+    """Time to first token for a new image that the chat page prepared (POST /v1/images/prepare) 3 s before."""
+    import httpx
+
+    runs = []
+    for r in range(REPEATS):
+        img = image_uri(2000 + r)
+        httpx.post(f"{url}/v1/images/prepare", json={"image_url": {"url": img}}, timeout=600).raise_for_status()
+        time.sleep(3)
+        runs.append(stream(url, [user(QUESTION, img)], 8)[0])
+    return median(runs)
+
+
 def decode_tps(url: str) -> float:
     runs = []
     for _ in range(REPEATS):
@@ -155,6 +169,8 @@ def measure(name: str, cmd: list[str], port: int, parallel_cmd: list[str] | None
     server = Server(cmd, port)
     try:
         row = {"name": name, **cache_rows(server.url), "decode_tps": decode_tps(server.url)}
+        if "minicpmv_gguf.cli" in cmd:  # ours only: llama-server has no way to encode an image ahead
+            row["prepared image"] = prepared_ttft(server.url)
         for n in (1, 2, 4):
             row[f"agg{n}"] = aggregate_tps(server.url, n)
         row["peak_rss_gb"] = server.peak_rss_gb()
@@ -225,6 +241,11 @@ def main() -> None:
             f"{r.get('agg4_np4', float('nan')):.1f} | {r['peak_rss_gb']:.2f} GB |"
         )
     ours_r, theirs_r = rows
+    lines += [
+        "",
+        f"Encode ahead (ours): TTFT for a new image prepared 3 s before the question: "
+        f"{ours_r['prepared image']:.2f} s (without: {ours_r['new image']:.2f} s).",
+    ]
     lines += [
         "",
         "Ratios (ours / llama-server): "
