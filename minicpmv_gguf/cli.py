@@ -31,6 +31,33 @@ MMPROJ_TYPE_HELP = (
 )
 
 
+def _lora_options(command):
+    """--lora DIR (repeatable) and --lora-scale S (one for all, or one per --lora): PEFT adapters to merge."""
+    command = click.option(
+        "--lora-scale",
+        "lora_scales",
+        multiple=True,
+        type=float,
+        help="Scale of the adapter's delta (default 1.0); once for all adapters or once per --lora.",
+    )(command)
+    return click.option(
+        "--lora",
+        "loras",
+        multiple=True,
+        type=click.Path(path_type=Path),
+        help="A PEFT LoRA adapter folder to merge into the weights (repeatable).",
+    )(command)
+
+
+def _open_loras(loras: tuple[Path, ...], scales: tuple[float, ...]):
+    from .lora import open_adapter
+
+    if scales and len(scales) not in (1, len(loras)):
+        raise click.UsageError(f"give --lora-scale once or once per --lora ({len(loras)}), not {len(scales)} times")
+    per = scales if len(scales) == len(loras) else (scales or (1.0,)) * len(loras)
+    return [open_adapter(path, scale=scale) for path, scale in zip(loras, per)]
+
+
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="minicpmv-gguf")
 @click.option("-v", "--verbose", is_flag=True, help="Log more detail.")
@@ -65,8 +92,17 @@ def cli(verbose: bool) -> None:
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @click.option("--name", help="general.name (default: the checkpoint directory's name).")
 @click.option("--source-url", help="general.source.url (default: from config.json _name_or_path).")
+@_lora_options
 def convert(
-    checkpoint: Path, out: Path, outtype: str, dry_run: bool, force: bool, name: str | None, source_url: str | None
+    checkpoint: Path,
+    out: Path,
+    outtype: str,
+    dry_run: bool,
+    force: bool,
+    name: str | None,
+    source_url: str | None,
+    loras: tuple[Path, ...],
+    lora_scales: tuple[float, ...],
 ) -> None:
     """Write the language-model GGUF (qwen35) of a MiniCPM-V 4.6 checkpoint."""
     from .convert_hf_to_gguf import plan_lm, write_lm
@@ -74,7 +110,7 @@ def convert(
 
     if not dry_run:
         check_output(out, overwrite=force)  # fail before reading the checkpoint
-    plan = plan_lm(checkpoint, outtype=outtype)
+    plan = plan_lm(checkpoint, outtype=outtype, loras=_open_loras(loras, lora_scales))
     if dry_run:
         for row in plan.rows:
             click.echo(f"{row.hf_name} -> {row.gguf_name}  {row.source_dtype} -> {row.ggml_type}  {list(row.shape)}")
@@ -112,7 +148,17 @@ def convert(
 )
 @click.option("--dry-run", is_flag=True, help="Print the tensor plan; write nothing.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-def mmproj(checkpoint: Path, out: Path, mode: str, outtype: str, dry_run: bool, force: bool) -> None:
+@_lora_options
+def mmproj(
+    checkpoint: Path,
+    out: Path,
+    mode: str,
+    outtype: str,
+    dry_run: bool,
+    force: bool,
+    loras: tuple[Path, ...],
+    lora_scales: tuple[float, ...],
+) -> None:
     """Write the mmproj (vision) GGUF of a MiniCPM-V 4.6 checkpoint, one file per mode."""
     from .gguf_io import check_output
     from .mmproj import MODES, mode_paths, plan_mmproj, write_mmproj
@@ -121,8 +167,10 @@ def mmproj(checkpoint: Path, out: Path, mode: str, outtype: str, dry_run: bool, 
     if not dry_run:
         for path in paths.values():
             check_output(path, overwrite=force)
+    adapters = _open_loras(loras, lora_scales)
+    plans = {m: plan_mmproj(checkpoint, mode=m, outtype=outtype, loras=adapters) for m in paths}  # all checked first
     for m, path in paths.items():
-        plan = plan_mmproj(checkpoint, mode=m, outtype=outtype)
+        plan = plans[m]
         if dry_run:
             for row in plan.rows:
                 click.echo(
@@ -468,6 +516,7 @@ def chat(stats: bool, **opts) -> None:
 @click.option("--threads", type=click.IntRange(min=1), help="Quantizer threads (default: all cores).")
 @click.option("--verify", "then_verify", is_flag=True, help="Then run `verify` (needs torch and transformers).")
 @click.option("--force", is_flag=True, help="Build into a directory that holds something else; redo every stage.")
+@_lora_options
 @click.pass_context
 def build(
     ctx: click.Context,
@@ -484,6 +533,8 @@ def build(
     threads: int | None,
     then_verify: bool,
     force: bool,
+    loras: tuple[Path, ...],
+    lora_scales: tuple[float, ...],
 ) -> None:
     """A checkpoint directory or Hugging Face repo id -> quantized LM, mmproj, Ollama package and manifest.
 
@@ -509,6 +560,7 @@ def build(
         threads=threads,
         force=force,
         progress=pipeline.StageProgress(sys.stderr),
+        loras=tuple(_open_loras(loras, lora_scales)),
     )
     click.echo(result.summary())
     if then_verify:

@@ -196,11 +196,11 @@ def check_against(adapters: list[Adapter], ckpt: Checkpoint, *, linear: set[str]
     """
     for ad in adapters:
         weights = ad.path / WEIGHTS
-        missing = [w for w in ad.targets if w not in ckpt.tensors]
+        missing = [w.removesuffix(".weight") for w in ad.targets if w not in ckpt.tensors]
         if missing:
             raise LoraError(
-                f"{weights}: {len(missing)} target module(s) not in {ckpt.path}, e.g. {missing[0].removesuffix('.weight')}:"
-                " an adapter for another base model"
+                f"{weights}: {len(missing)} target module(s) not in {ckpt.path}, e.g. {missing[0]}: "
+                "an adapter for another base model"
             )
         for w, t in ad.targets.items():
             if w not in linear:

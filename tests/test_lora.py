@@ -1,0 +1,219 @@
+"""LoRA: PEFT adapters merged while converting, against PEFT's own merge and transformers with the adapter applied.
+
+Adapters are made with the real `peft` library on the tiny checkpoints (tests/lora_cases.py): language-model
+targets (full attention, Gated-DeltaNet linear attention, MLP; value heads = key heads and = 2 x key heads),
+vision targets (encoder, window-attention merger, projector); rank 4 and 8; with and without rsLoRA.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from minicpmv_gguf.metrics import cosine_rows, nmse
+from minicpmv_gguf.verify.bounds import LM_FLOAT, MMPROJ
+from tests.helpers import assert_refused, run_cli
+from tests.lora_cases import CASES, VISION_CASES, make_case
+
+MAX_REL = 1e-6  # merged tensors vs the converted PEFT-merged checkpoint: max |diff| / max |ref| per tensor
+
+
+@pytest.fixture(scope="module")
+def lora_case(request, tmp_path_factory):
+    """(case id) -> LoraCase, each made once."""
+    cache = {}
+    specs = {c[0]: c[1:] for c in CASES + VISION_CASES}
+
+    def get(case_id: str):
+        if case_id not in cache:
+            fixture, kinds, rank, rslora = specs[case_id]
+            ckpt = request.getfixturevalue(fixture)
+            cache[case_id] = (ckpt, make_case(ckpt, tmp_path_factory.mktemp(case_id), kinds, rank, rslora))
+        return cache[case_id]
+
+    return get
+
+
+def read_tensors(path) -> dict[str, np.ndarray]:
+    from gguf import GGUFReader
+
+    return {t.name: np.array(t.data) for t in GGUFReader(path).tensors}
+
+
+def max_rel(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> float:
+    assert got.keys() == ref.keys()
+    return max(float(np.abs(got[k] - ref[k]).max() / max(float(np.abs(ref[k]).max()), 1e-30)) for k in ref)
+
+
+def gguf_kv(path, key: str):
+    from gguf import GGUFReader
+
+    field = GGUFReader(path).get_field(key)
+    return None if field is None else field.contents()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case_id", [c[0] for c in CASES])
+def test_merged_lm_equals_peft_merge_and_logits_match(lora_case, tmp_path, case_id):
+    from transformers import AutoTokenizer
+
+    from minicpmv_gguf.convert_hf_to_gguf import convert_lm
+    from minicpmv_gguf.lora import open_adapter
+    from minicpmv_gguf.verify.reference import hf_logits, llama_logits, load_llama
+    from minicpmv_gguf.verify.texts import chat_prompts
+
+    ckpt, case = lora_case(case_id)
+    ours, theirs = tmp_path / "ours.gguf", tmp_path / "peft.gguf"
+    convert_lm(ckpt, ours, outtype="f32", loras=[open_adapter(case.adapter)])
+    convert_lm(case.merged, theirs, outtype="f32")
+    rel = max_rel(read_tensors(ours), read_tensors(theirs))
+    assert gguf_kv(ours, "general.lora.count") == 1
+    assert gguf_kv(ours, "general.lora.0.targets") == sorted(
+        w.removesuffix(".weight") for w in open_adapter(case.adapter).targets
+    )
+
+    ids = chat_prompts(AutoTokenizer.from_pretrained(ckpt))[:2]
+    llm = load_llama(ours)
+    worst = max(nmse(llama_logits(llm, x), hf_logits(case.model, x)) for x in ids)
+    with case.model.disable_adapter():  # the adapter must matter, or the comparison proves nothing
+        moved = min(nmse(llama_logits(llm, x), hf_logits(case.model, x)) for x in ids)
+    print(f"{case_id}: tensors max rel {rel:.3g}; logits vs PeftModel worst NMSE {worst:.3g} (vs base {moved:.3g})")
+    assert moved > 1e-3, moved
+    assert rel <= MAX_REL, rel
+    assert worst <= LM_FLOAT["F32"][0], worst
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case_id", [c[0] for c in VISION_CASES])
+@pytest.mark.parametrize("mode", ["16x", "4x"])
+def test_merged_mmproj_equals_peft_merge_and_embeddings_match(lora_case, convert_cached, tmp_path, case_id, mode):
+    from minicpmv_gguf.lora import open_adapter
+    from minicpmv_gguf.mmproj import convert_mmproj
+    from minicpmv_gguf.verify.reference import load_llama, load_processor, make_image
+    from minicpmv_gguf.verify.vision import hf_image_embeddings, mtmd_image_embeddings
+
+    ckpt, case = lora_case(case_id)
+    ours, theirs = tmp_path / "ours.gguf", tmp_path / "peft.gguf"
+    convert_mmproj(ckpt, ours, mode=mode, outtype="f32", loras=[open_adapter(case.adapter)])
+    convert_mmproj(case.merged, theirs, mode=mode, outtype="f32")
+    rel = max_rel(read_tensors(ours), read_tensors(theirs))
+    assert gguf_kv(ours, "general.lora.count") == 1
+
+    llm = load_llama(convert_cached(ckpt, "f32"), n_ctx=512, logits_all=False)
+    image = make_image(224, 224, seed=5)
+    got = mtmd_image_embeddings(llm, ours, image)
+    processor = load_processor(ckpt, pil=True)
+    ref = hf_image_embeddings(case.model, processor, image, mode)
+    with case.model.disable_adapter():  # the adapter must matter
+        assert min(nmse(g, r) for g, r in zip(got, hf_image_embeddings(case.model, processor, image, mode))) > 1e-3
+    assert [len(g) for g in got] == [len(r) for r in ref]
+    cos = min(float(cosine_rows(g, r).min()) for g, r in zip(got, ref))
+    err = max(nmse(g, r) for g, r in zip(got, ref))
+    print(f"{case_id} {mode}: tensors max rel {rel:.3g}; embeddings min cos {cos:.7f}, worst NMSE {err:.3g}")
+    min_cos, max_nmse = MMPROJ["F32"]
+    assert rel <= MAX_REL, rel
+    assert cos >= min_cos and err <= max_nmse, (cos, err)
+
+
+@pytest.mark.slow
+def test_build_with_lora_records_adapter(lora_case, tmp_path):
+    ckpt, case = lora_case("all-lm-r8-rslora")
+    _, vcase = lora_case("vision-r4")
+    out = tmp_path / "build"
+    r = run_cli("build", ckpt, "-o", out, "--quant", "F32", "--mmproj-outtype", "f32", "--no-ollama",
+                "--lora", case.adapter, "--lora", vcase.adapter, "--lora-scale", "0.5")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    loras = manifest["options"]["loras"]
+    assert [x["path"] for x in loras] == [str(case.adapter.resolve()), str(vcase.adapter.resolve())]
+    assert loras[0]["rank"] == 8 and loras[0]["rslora"] and loras[0]["scale"] == 0.5
+    assert set(loras[0]["sha256"]) == {"adapter_config.json", "adapter_model.safetensors"}
+    assert gguf_kv(out / "lm-F32.gguf", "general.lora.count") == 1  # only the LM adapter touches the LM
+    assert gguf_kv(out / "mmproj-16x.gguf", "general.lora.0.path") == str(vcase.adapter.resolve())
+    again = run_cli("build", ckpt, "-o", out, "--quant", "F32", "--mmproj-outtype", "f32", "--no-ollama",
+                    "--lora", case.adapter, "--lora", vcase.adapter, "--lora-scale", "0.5")  # fmt: skip
+    assert again.returncode == 0 and "up to date" in again.stderr, again.stderr
+
+
+# ---------------------------------------------------------------- refusals: one line, nothing written
+
+
+def _edit_config(adapter, **changes):
+    path = adapter / "adapter_config.json"
+    cfg = json.loads(path.read_text())
+    cfg.update(changes)
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def _rewrite_tensors(adapter, edit):
+    from safetensors.numpy import load_file, save_file
+
+    path = adapter / "adapter_model.safetensors"
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path)
+    return path
+
+
+def _bad_adapters():
+    """(id, make(adapter dir) -> the file the message names, message)."""
+    return [
+        ("dora", lambda a: _edit_config(a, use_dora=True), "DoRA"),
+        ("loha", lambda a: _edit_config(a, peft_type="LOHA"), "peft_type 'LOHA' is not supported"),
+        ("rank", lambda a: _edit_config(a, r=5), "says r=5"),
+        ("missing-config", lambda a: (a / "adapter_config.json").unlink() or a / "adapter_config.json", "missing"),
+        (
+            "missing-weights",
+            lambda a: (a / "adapter_model.safetensors").unlink() or a / "adapter_model.safetensors",
+            "missing",
+        ),
+        ("nan", lambda a: _rewrite_tensors(a, _poison), "NaN or Inf"),
+        ("unknown-module", lambda a: _rewrite_tensors(a, _rename), "not in"),
+        ("shape", lambda a: _rewrite_tensors(a, _widen), "do not fit the base weight"),
+        ("not-linear", lambda a: _rewrite_tensors(a, _embedding), "is not a Linear layer"),
+    ]
+
+
+def _first(tensors, kind="lora_A"):
+    return next(k for k in sorted(tensors) if kind in k)
+
+
+def _poison(t):
+    t[_first(t)][0, 0] = np.nan
+
+
+def _rename(t):
+    k = _first(t)
+    for ab in ("lora_A", "lora_B"):
+        old = k.replace("lora_A", ab)
+        t[old.replace("layers.0.", "layers.9.")] = t.pop(old)
+
+
+def _widen(t):
+    k = _first(t)
+    t[k] = np.concatenate([t[k], t[k]], axis=1)
+
+
+def _embedding(t):
+    k = _first(t)
+    a, b = t.pop(k), t.pop(k.replace("lora_A", "lora_B"))
+    name = "base_model.model.model.language_model.embed_tokens"
+    t[f"{name}.lora_A.weight"], t[f"{name}.lora_B.weight"] = a, b  # the shapes do not matter: refused by kind
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["convert", "mmproj", "build"])
+@pytest.mark.parametrize("bad_id, make, message", _bad_adapters(), ids=[b[0] for b in _bad_adapters()])
+def test_bad_adapter_refused_before_writing(lora_case, tmp_path, command, bad_id, make, message):
+    ckpt, case = lora_case("attn-r4")
+    adapter = shutil.copytree(case.adapter, tmp_path / "adapter")
+    names = make(adapter)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    target = out_dir / ("b" if command == "build" else "x.gguf")
+    r = run_cli(command, ckpt, "-o", target, "--lora", adapter)
+    assert_refused(r, message, names, out_dir)
