@@ -164,7 +164,8 @@ def _bad_adapters():
     return [
         ("dora", lambda a: _edit_config(a, use_dora=True), "DoRA"),
         ("loha", lambda a: _edit_config(a, peft_type="LOHA"), "peft_type 'LOHA' is not supported"),
-        ("rank", lambda a: _edit_config(a, r=5), "says r=5"),
+        ("rank", lambda a: _edit_config(a, r=5).with_name("adapter_model.safetensors"), "says r=5"),
+        ("alora", lambda a: _edit_config(a, alora_invocation_tokens=[1, 2]), "aLoRA"),
         ("missing-config", lambda a: (a / "adapter_config.json").unlink() or a / "adapter_config.json", "missing"),
         (
             "missing-weights",
@@ -190,7 +191,7 @@ def _rename(t):
     k = _first(t)
     for ab in ("lora_A", "lora_B"):
         old = k.replace("lora_A", ab)
-        t[old.replace("layers.0.", "layers.9.")] = t.pop(old)
+        t[old.replace(f".{ab}.", f"_other.{ab}.")] = t.pop(old)
 
 
 def _widen(t):

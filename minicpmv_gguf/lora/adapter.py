@@ -31,6 +31,12 @@ _UNSUPPORTED_FLAGS = {
     "fan_in_fan_out": "fan_in_fan_out (transposed Conv1D weights)",
     "lora_bias": "lora_bias (trained LoRA biases)",
     "use_qalora": "QALoRA",
+    "use_bdlora": "BD-LoRA",
+    "alora_invocation_tokens": "aLoRA (activated LoRA: applies only after its invocation tokens)",
+    "trainable_token_indices": "trainable_token_indices (trained embedding rows)",
+    "layer_replication": "layer_replication",
+    "kasa_config": "KaSA",
+    "monteclora_config": "MonteCLoRA",
 }
 # Vision-half modules: merged into the mmproj, never into the LM or an adapter GGUF.
 VISION_PREFIXES = ("model.vision_tower.", "model.merger.")
