@@ -52,10 +52,7 @@ def _lora_options(command):
 def _open_loras(loras: tuple[Path, ...], scales: tuple[float, ...]):
     from .lora import open_adapter
 
-    if scales and len(scales) not in (1, len(loras)):
-        raise click.UsageError(f"give --lora-scale once or once per --lora ({len(loras)}), not {len(scales)} times")
-    per = scales if len(scales) == len(loras) else (scales or (1.0,)) * len(loras)
-    return [open_adapter(path, scale=scale) for path, scale in zip(loras, per)]
+    return [open_adapter(path, scale=scale) for path, scale in _lora_pairs(loras, scales)]
 
 
 @click.group(cls=_Group)
@@ -68,8 +65,8 @@ def cli(verbose: bool) -> None:
 
     \b
         minicpmv-gguf build ./MiniCPM-V-4_6 -o minicpmv46
-        minicpmv-gguf run minicpmv46/lm-Q4_K_M.gguf --mmproj minicpmv46/mmproj-16x.gguf --image cat.jpg -p "What is it?"
-        minicpmv-gguf chat minicpmv46/lm-Q4_K_M.gguf --mmproj minicpmv46/mmproj-16x.gguf
+        minicpmv-gguf run minicpmv46/ --image cat.jpg -p "What is it?"
+        minicpmv-gguf chat minicpmv46/
         ollama create minicpm-v4.6 -f minicpmv46/ollama/Modelfile
 
     Each step alone: convert (LM), mmproj (vision), quantize, imatrix, eval, ollama, verify, inspect.
@@ -335,8 +332,14 @@ def ollama(
             ctx.exit(1)
         click.echo(f"{path}: Ollama accepts it")
         return
+    if lm is not None and lm.is_dir():  # a build folder: its LM and its 16x mmproj (else the mode it has)
+        from .pipeline.folder import build_files, gguf_paths
+
+        gguf_paths(lm, (mmproj,) if mmproj else ())  # refuses --mmproj beside a folder
+        files = build_files(lm)
+        lm, mmproj = files.lm, files.mmprojs.get(spec.DEFAULT_MODE) or next(iter(files.mmprojs.values()), None)
     if not (lm and mmproj and out):
-        raise click.UsageError("give LM, --mmproj and -o (or --check MODELFILE)")
+        raise click.UsageError("give LM (or a build folder), --mmproj and -o (or --check MODELFILE)")
     result = package_ollama(lm, mmproj, out, name=name, link=link, system=system, num_ctx=num_ctx, overwrite=force)
     click.echo(result.summary())
     click.echo(f"create the model with:\n  {result.create_command()}")
@@ -345,7 +348,7 @@ def ollama(
 def _chat_options(command):
     """Options shared by `run` and `chat`: the model files, the mode, sampling and sizes."""
     options = [
-        click.argument("lm", type=click.Path(path_type=Path)),
+        click.argument("lm", metavar="BUILD_DIR|LM.gguf", type=click.Path(path_type=Path)),
         click.option(
             "--mmproj",
             "mmprojs",
@@ -358,6 +361,16 @@ def _chat_options(command):
             type=click.Choice(list(spec.DETAIL_MODES)),
             default=None,
             help="normal: the 16x mmproj (default when given); high: the 4x mmproj (fine detail).",
+        ),
+        click.option(
+            "--lora",
+            "loras",
+            multiple=True,
+            type=click.Path(path_type=Path),
+            help="A llama.cpp LoRA adapter GGUF (`minicpmv-gguf lora` writes one; repeatable).",
+        ),
+        click.option(
+            "--lora-scale", "lora_scales", multiple=True, type=float, help="Adapter scale: once, or once per --lora."
         ),
         click.option("--think", is_flag=True, help="Thinking mode (enable_thinking); off by default."),
         click.option("--system", help="A system prompt."),
@@ -394,9 +407,19 @@ def _chat_options(command):
     return command
 
 
+def _lora_pairs(loras: tuple[Path, ...], scales: tuple[float, ...]) -> tuple[tuple[Path, float], ...]:
+    """(adapter GGUF, scale) pairs from --lora and --lora-scale."""
+    if scales and len(scales) not in (1, len(loras)):
+        raise click.UsageError(f"give --lora-scale once or once per --lora ({len(loras)}), not {len(scales)} times")
+    per = scales if len(scales) == len(loras) else (scales or (1.0,)) * len(loras)
+    return tuple(zip(loras, per))
+
+
 def _open_chat(
     lm: Path,
     mmprojs: tuple[Path, ...],
+    loras: tuple[Path, ...],
+    lora_scales: tuple[float, ...],
     detail: str | None,
     think: bool,
     system: str | None,
@@ -411,10 +434,12 @@ def _open_chat(
     max_frames: int,
 ):
     """(the model, a chat session on it); close the session before the model."""
+    from .pipeline.folder import gguf_paths
     from .runtime import Sampling, open_model
 
+    lm, mmprojs = gguf_paths(lm, mmprojs)  # a build folder brings its LM and every mmproj mode
     sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, repeat_penalty=repeat_penalty, seed=seed)
-    model = open_model(lm, list(mmprojs), threads=threads)
+    model = open_model(lm, list(mmprojs), threads=threads, loras=_lora_pairs(loras, lora_scales))
     try:
         return model, model.chat(
             detail=detail,
@@ -567,6 +592,25 @@ def build(
         ctx.invoke(verify_, build_dir=out, checkpoint=str(result.source.path))
 
 
+@cli.command("lora")
+@click.argument("adapter", type=click.Path(path_type=Path))
+@click.option("--base", required=True, type=click.Path(path_type=Path), help="The base checkpoint directory.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The adapter GGUF to write.")
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+def lora_(adapter: Path, base: Path, out: Path, force: bool) -> None:
+    """A PEFT LoRA adapter's language-model targets -> a llama.cpp adapter GGUF, for `run/chat/serve --lora`.
+
+    Vision-tower adapters cannot run as llama.cpp adapters: merge them with `mmproj --lora` or `build --lora`.
+
+    \b
+        minicpmv-gguf lora ./my-adapter --base ./MiniCPM-V-4_6 -o my-adapter.gguf
+        minicpmv-gguf run minicpmv46/ --lora my-adapter.gguf -p "..."
+    """
+    from .lora.gguf_adapter import write_lora_gguf
+
+    click.echo(write_lora_gguf(adapter, base, out, overwrite=force).summary())
+
+
 @cli.command("verify")
 @click.argument("build_dir", type=click.Path(path_type=Path))
 @click.option("--checkpoint", help="The checkpoint directory (or repo id); default: the build's source.")
@@ -633,6 +677,10 @@ def inspect_(gguf: Path, tensors: bool) -> None:
 @click.option(
     "--state-cache-mb", type=click.IntRange(min=0), default=256, show_default=True, help="Model-state snapshots kept."
 )
+@click.option(
+    "--lora", "loras", multiple=True, type=click.Path(path_type=Path), help="A LoRA adapter GGUF (repeatable)."
+)
+@click.option("--lora-scale", "lora_scales", multiple=True, type=float, help="Adapter scale: once, or once per --lora.")
 def serve(
     lm: Path,
     mmprojs: tuple[Path, ...],
@@ -650,6 +698,8 @@ def serve(
     max_queued: int,
     image_cache_mb: int,
     state_cache_mb: int,
+    loras: tuple[Path, ...],
+    lora_scales: tuple[float, ...],
 ) -> None:
     """An OpenAI-compatible server: POST /v1/chat/completions, GET /v1/models, GET /health.
 
@@ -685,6 +735,7 @@ def serve(
         image_cache_bytes=image_cache_mb << 20,
         state_cache_bytes=state_cache_mb << 20,
         images=ImagePolicy(allow_remote=allow_remote_images, media_dir=media_dir),
+        loras=_lora_pairs(loras, lora_scales),
     )
     run_server(settings, host=host, port=port)
 
