@@ -294,6 +294,9 @@ def _chunk_progress(label: str):
 )
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option(
+    "--lora", "loras", multiple=True, type=click.Path(path_type=Path), help="A LoRA adapter GGUF: an ADAPTER line."
+)
+@click.option(
     "--check",
     type=click.Path(path_type=Path),
     metavar="MODELFILE",
@@ -310,6 +313,7 @@ def ollama(
     system: str | None,
     num_ctx: int,
     force: bool,
+    loras: tuple[Path, ...],
     check: Path | None,
 ) -> None:
     """Package the LM and mmproj GGUFs for Ollama (>= 0.30), or check a Modelfile.
@@ -340,7 +344,9 @@ def ollama(
         lm, mmproj = files.lm, files.mmprojs.get(spec.DEFAULT_MODE) or next(iter(files.mmprojs.values()), None)
     if not (lm and mmproj and out):
         raise click.UsageError("give LM (or a build folder), --mmproj and -o (or --check MODELFILE)")
-    result = package_ollama(lm, mmproj, out, name=name, link=link, system=system, num_ctx=num_ctx, overwrite=force)
+    result = package_ollama(
+        lm, mmproj, out, name=name, link=link, system=system, num_ctx=num_ctx, overwrite=force, adapters=loras
+    )
     click.echo(result.summary())
     click.echo(f"create the model with:\n  {result.create_command()}")
 

@@ -118,14 +118,25 @@ def test_merged_mmproj_equals_peft_merge_and_embeddings_match(lora_case, convert
     assert cos >= min_cos and err <= max_nmse, (cos, err)
 
 
-@pytest.mark.slow
-def test_build_with_lora_records_adapter(lora_case, tmp_path):
+def _build_args(ckpt, out, *loras):
+    args = ["build", ckpt, "-o", out, "--quant", "F32", "--mmproj-outtype", "f32", "--modes", "16x,4x"]
+    return args + [x for a in loras for x in ("--lora", a)] + ["--lora-scale", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def lora_build(lora_case, tmp_path_factory):
+    """(checkpoint, LM case, vision case, build folder) of an F32 build with an LM and a vision adapter merged."""
     ckpt, case = lora_case("all-lm-r8-rslora")
     _, vcase = lora_case("vision-r4")
-    out = tmp_path / "build"
-    r = run_cli("build", ckpt, "-o", out, "--quant", "F32", "--mmproj-outtype", "f32", "--no-ollama",
-                "--lora", case.adapter, "--lora", vcase.adapter, "--lora-scale", "0.5")  # fmt: skip
+    out = tmp_path_factory.mktemp("lora-build") / "build"
+    r = run_cli(*_build_args(ckpt, out, case.adapter, vcase.adapter))
     assert r.returncode == 0, r.stderr
+    return ckpt, case, vcase, out
+
+
+@pytest.mark.slow
+def test_build_with_lora_records_adapter(lora_build):
+    ckpt, case, vcase, out = lora_build
     manifest = json.loads((out / "manifest.json").read_text())
     loras = manifest["options"]["loras"]
     assert [x["path"] for x in loras] == [str(case.adapter.resolve()), str(vcase.adapter.resolve())]
@@ -133,9 +144,66 @@ def test_build_with_lora_records_adapter(lora_case, tmp_path):
     assert set(loras[0]["sha256"]) == {"adapter_config.json", "adapter_model.safetensors"}
     assert gguf_kv(out / "lm-F32.gguf", "general.lora.count") == 1  # only the LM adapter touches the LM
     assert gguf_kv(out / "mmproj-16x.gguf", "general.lora.0.path") == str(vcase.adapter.resolve())
-    again = run_cli("build", ckpt, "-o", out, "--quant", "F32", "--mmproj-outtype", "f32", "--no-ollama",
-                    "--lora", case.adapter, "--lora", vcase.adapter, "--lora-scale", "0.5")  # fmt: skip
-    assert again.returncode == 0 and "up to date" in again.stderr, again.stderr
+    again = run_cli(*_build_args(ckpt, out, case.adapter, vcase.adapter))
+    assert again.returncode == 0 and "4 of 4 stages up to date" in again.stderr, again.stderr
+
+
+@pytest.mark.slow
+def test_verify_applies_the_builds_adapters(lora_build):
+    """verify merges the recorded adapters (at the recorded scale) into the PyTorch reference: within F32 bounds."""
+    *_, out = lora_build
+    r = run_cli("verify", out, "--json", "--no-record")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_build_folder_in_run_chat_and_ollama(lora_build, tmp_path):
+    from minicpmv_gguf.verify.reference import make_image
+
+    *_, out = lora_build
+    image = tmp_path / "img.png"
+    make_image(224, 224).save(image)
+    greedy = ["--temperature", "0", "--max-tokens", "3", "--json"]
+    normal = run_cli("run", out, "--image", image, "-p", "What is it?", *greedy)
+    high = run_cli("run", out, "--image", image, "-p", "What is it?", "--detail", "high", *greedy)
+    assert normal.returncode == 0 and high.returncode == 0, normal.stderr + high.stderr
+    assert json.loads(normal.stdout)["mode"] == "16x" and json.loads(high.stdout)["mode"] == "4x"
+    chat = run_cli("chat", out, "--temperature", "0", "--max-tokens", "3", stdin="Hello\n/quit\n")
+    assert chat.returncode == 0, chat.stderr
+    mixed = run_cli("run", out, "--mmproj", out / "mmproj-16x.gguf", "-p", "x")
+    assert mixed.returncode == 1 and "drop --mmproj" in mixed.stderr
+    pkg = run_cli("ollama", out, "-o", tmp_path / "pkg")
+    assert pkg.returncode == 0, pkg.stderr
+    modelfile = (tmp_path / "pkg" / "Modelfile").read_text()
+    assert "FROM ./lm-F32.gguf" in modelfile and "FROM ./mmproj-16x.gguf" in modelfile
+
+
+@pytest.mark.slow
+def test_run_with_adapter_gguf_and_ollama_adapter_line(lora_case, convert_cached, tmp_path):
+    """run --lora on the base LM gives the merged LM's greedy tokens; --lora-scale 0 the base LM's."""
+    from minicpmv_gguf.convert_hf_to_gguf import convert_lm
+    from minicpmv_gguf.lora import open_adapter
+
+    ckpt, case = lora_case("all-lm-r8-rslora")
+    adapter, merged = tmp_path / "adapter.gguf", tmp_path / "merged.gguf"
+    assert run_cli("lora", case.adapter, "--base", ckpt, "-o", adapter).returncode == 0
+    convert_lm(ckpt, merged, outtype="f32", loras=[open_adapter(case.adapter)])
+    base = convert_cached(ckpt, "f32")
+    greedy = ["-p", "Tell me about the house.", "--temperature", "0", "--max-tokens", "12", "--json"]
+
+    def tokens(*args):
+        r = run_cli("run", *args, *greedy)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["token_ids"]
+
+    assert tokens(base, "--lora", adapter) == tokens(merged)
+    assert tokens(base, "--lora", adapter, "--lora-scale", "0") == tokens(base)
+    mmproj = tmp_path / "mmproj.gguf"
+    assert run_cli("mmproj", ckpt, "-o", mmproj).returncode == 0
+    r = run_cli("ollama", base, "--mmproj", mmproj, "-o", tmp_path / "pkg", "--lora", adapter)
+    assert r.returncode == 0, r.stderr
+    assert "ADAPTER ./adapter.gguf" in (tmp_path / "pkg" / "Modelfile").read_text()
+    assert run_cli("ollama", "--check", tmp_path / "pkg").returncode == 0
 
 
 # ---------------------------------------------------------------- refusals: one line, nothing written
