@@ -6,6 +6,7 @@ and the checkpoint that PEFT's merge_and_unload() gives, and keeps the unmerged 
 
 from __future__ import annotations
 
+import copy
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +63,6 @@ def make_case(ckpt: Path, out: Path, kinds: tuple[str, ...], rank: int, rslora: 
     merged_dir = shutil.copytree(ckpt, out / "merged")
     for f in merged_dir.glob("model*.safetensors*"):
         f.unlink()
-    import copy
-
     merged = copy.deepcopy(peft_model).merge_and_unload()
     state = {k: v.contiguous() for k, v in merged.state_dict().items() if k != "lm_head.weight"}
     save_file(state, merged_dir / "model.safetensors", metadata={"format": "pt"})

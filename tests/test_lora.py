@@ -206,6 +206,40 @@ def test_run_with_adapter_gguf_and_ollama_adapter_line(lora_case, convert_cached
     assert run_cli("ollama", "--check", tmp_path / "pkg").returncode == 0
 
 
+# ---------------------------------------------------------------- pure functions, by value
+
+
+@pytest.mark.parametrize("suffix", ["in_proj_qkv", "in_proj_z", "in_proj_a", "out_proj", "mlp.up_proj"])
+def test_factor_transforms_commute_with_the_base_transform(suffix):
+    """T(B·A) = T_B(B)·T_A(A) for every LM tensor a reorder touches (value heads = 2 x key heads)."""
+    from minicpmv_gguf.convert_hf_to_gguf.transforms import v_head_reorders
+    from minicpmv_gguf.lora.gguf_adapter import FACTOR_REORDER, factor_transforms
+    from minicpmv_gguf.tensor_plan import keep
+
+    n_k, n_v, head, k_dim, hidden = 2, 4, 3, 2 * 5, 7
+    v = v_head_reorders(n_k, n_v, head, k_dim)
+    rows = {"in_proj_qkv": 2 * k_dim + n_v * head, "in_proj_z": n_v * head, "in_proj_a": n_v, "out_proj": hidden}
+    cols = {"out_proj": n_v * head}
+    name = f"model.language_model.layers.0.{'' if '.' in suffix else 'linear_attn.'}{suffix}.weight"
+    key = next((FACTOR_REORDER[s][1] for s in FACTOR_REORDER if name.endswith(s)), None)
+    base = v[key] if key else keep
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal((rows.get(suffix, 5), 3)).astype(np.float32)
+    a = rng.standard_normal((3, cols.get(suffix, hidden))).astype(np.float32)
+    ta, tb = factor_transforms(name, base, v)
+    np.testing.assert_allclose(tb(b) @ ta(a), base(b @ a), rtol=1e-6)
+
+
+def test_rank_and_alpha_patterns():
+    from minicpmv_gguf.lora.adapter import _pattern
+
+    patterns = {"q_proj": 16, r"layers\.3\.mlp\.up_proj": 2}
+    assert _pattern(patterns, "model.language_model.layers.3.self_attn.q_proj", 8) == 16
+    assert _pattern(patterns, "model.language_model.layers.3.mlp.up_proj", 8) == 2
+    assert _pattern(patterns, "model.language_model.layers.1.mlp.up_proj", 8) == 8
+    assert _pattern(patterns, "model.language_model.layers.3.self_attn.xq_proj", 8) == 8
+
+
 # ---------------------------------------------------------------- refusals: one line, nothing written
 
 
