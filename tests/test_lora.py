@@ -391,3 +391,29 @@ def test_adapter_gguf_refuses_bad_adapters(lora_case, tmp_path, bad_id, make, me
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     assert_refused(run_cli("lora", adapter, "--base", ckpt, "-o", out_dir / "a.gguf"), message, names, out_dir)
+
+
+@pytest.mark.slow
+def test_serve_with_adapter_gguf(lora_case, convert_cached, tmp_path):
+    """serve --lora (Settings.loras): the same greedy reply as the merged LM served alone."""
+    from fastapi.testclient import TestClient
+
+    from minicpmv_gguf.convert_hf_to_gguf import convert_lm
+    from minicpmv_gguf.lora import open_adapter
+    from minicpmv_gguf.serve import Settings, create_app
+
+    ckpt, case = lora_case("mlp-r8")
+    adapter, merged = tmp_path / "adapter.gguf", tmp_path / "merged.gguf"
+    assert run_cli("lora", case.adapter, "--base", ckpt, "-o", adapter).returncode == 0
+    convert_lm(ckpt, merged, outtype="f32", loras=[open_adapter(case.adapter)])
+    body = {"messages": [{"role": "user", "content": "Tell me about the house."}], "temperature": 0, "max_tokens": 12}
+
+    def reply(settings):
+        with TestClient(create_app(settings)) as client:
+            r = client.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["message"]["content"]
+
+    base = convert_cached(ckpt, "f32")
+    tuned = reply(Settings(lm=merged))
+    assert reply(Settings(lm=base, loras=((adapter, 1.0),))) == tuned != reply(Settings(lm=base))
