@@ -69,7 +69,8 @@ def cli(verbose: bool) -> None:
         minicpmv-gguf chat minicpmv46/
         ollama create minicpm-v4.6 -f minicpmv46/ollama/Modelfile
 
-    Each step alone: convert (LM), mmproj (vision), quantize, imatrix, eval, ollama, verify, inspect.
+    Each step alone: convert (LM), mmproj (vision), lora (adapter GGUF), quantize, imatrix, eval, ollama, verify,
+    inspect.
     """
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("minicpmv_gguf").setLevel(logging.DEBUG if verbose else logging.INFO)
