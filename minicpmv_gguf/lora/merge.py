@@ -7,6 +7,7 @@ file is what converting PEFT's merge_and_unload() output gives; only A and B are
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -18,6 +19,8 @@ from ..gguf_io import KV
 from ..safetensors_io import read_tensor
 from ..tensor_plan import Delta, PlannedTensor
 from .adapter import WEIGHTS, Adapter, LoraTarget, check_against
+
+log = logging.getLogger(__name__)
 
 # 2-D checkpoint weights that are lookup tables, not Linear layers: a LoRA on them means something else.
 _NOT_LINEAR = ("embed_tokens.weight", "position_embedding.weight")
@@ -54,6 +57,8 @@ def attach(planned: list[PlannedTensor], adapters: list[Adapter], *, vision: boo
     by_name = {p.hf_name: i for i, p in enumerate(planned)}
     per_tensor: dict[int, list[tuple[LoraTarget, float]]] = {}
     for ad in adapters:
+        if not any(t.is_vision == vision for t in ad.targets.values()):
+            log.warning("%s adapts nothing in the %s: this file is unchanged", ad.path, "mmproj" if vision else "LM")
         for name, t in ad.targets.items():
             if t.is_vision != vision:
                 continue
