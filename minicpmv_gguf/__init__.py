@@ -6,7 +6,7 @@ The pipeline, one function per step (each also a `minicpmv-gguf` command):
     convert_mmproj(checkpoint, out, mode)   the vision tower -> a clip mmproj GGUF per mode (16x, 4x)
     quantize_lm(lm_gguf, out, qtype)        llama.cpp's own quantizer (Q4_K_M, ...)
     build(checkpoint, out_dir)              all of the above, an Ollama package and a manifest, resumable
-    verify(build_dir)                       parity of the GGUFs with transformers (needs torch)
+    verify.verify(build_dir)                parity of the GGUFs with transformers (needs torch)
     open_model(lm, mmprojs).chat()          chat about images on the CPU (llama.cpp + libmtmd)
     package_ollama(lm, mmproj, out_dir)     a Modelfile and both GGUFs for `ollama create`
     create_app(Settings(lm, mmprojs))       the OpenAI-compatible server (`serve`; needs the serve extra)
@@ -21,7 +21,6 @@ _WHERE = {
     "convert_mmproj": "mmproj",
     "quantize_lm": "quantize",
     "build": "pipeline",
-    "verify": "verify",
     "open_model": "runtime",
     "package_ollama": "ollama",
     "create_app": "serve",

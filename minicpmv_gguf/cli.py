@@ -31,6 +31,30 @@ MMPROJ_TYPE_HELP = (
 )
 
 
+def _lora_options(command):
+    """--lora DIR (repeatable) and --lora-scale S (one for all, or one per --lora): PEFT adapters to merge."""
+    command = click.option(
+        "--lora-scale",
+        "lora_scales",
+        multiple=True,
+        type=float,
+        help="Scale of the adapter's delta (default 1.0); once for all adapters or once per --lora.",
+    )(command)
+    return click.option(
+        "--lora",
+        "loras",
+        multiple=True,
+        type=click.Path(path_type=Path),
+        help="A PEFT LoRA adapter folder to merge into the weights (repeatable).",
+    )(command)
+
+
+def _open_loras(loras: tuple[Path, ...], scales: tuple[float, ...]):
+    from .lora import open_adapter
+
+    return [open_adapter(path, scale=scale) for path, scale in _lora_pairs(loras, scales)]
+
+
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="minicpmv-gguf")
 @click.option("-v", "--verbose", is_flag=True, help="Log more detail.")
@@ -41,11 +65,12 @@ def cli(verbose: bool) -> None:
 
     \b
         minicpmv-gguf build ./MiniCPM-V-4_6 -o minicpmv46
-        minicpmv-gguf run minicpmv46/lm-Q4_K_M.gguf --mmproj minicpmv46/mmproj-16x.gguf --image cat.jpg -p "What is it?"
-        minicpmv-gguf chat minicpmv46/lm-Q4_K_M.gguf --mmproj minicpmv46/mmproj-16x.gguf
+        minicpmv-gguf run minicpmv46/ --image cat.jpg -p "What is it?"
+        minicpmv-gguf chat minicpmv46/
         ollama create minicpm-v4.6 -f minicpmv46/ollama/Modelfile
 
-    Each step alone: convert (LM), mmproj (vision), quantize, imatrix, eval, ollama, verify, inspect.
+    Each step alone: convert (LM), mmproj (vision), lora (adapter GGUF), quantize, imatrix, eval, ollama, verify,
+    inspect.
     """
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("minicpmv_gguf").setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -65,8 +90,17 @@ def cli(verbose: bool) -> None:
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @click.option("--name", help="general.name (default: the checkpoint directory's name).")
 @click.option("--source-url", help="general.source.url (default: from config.json _name_or_path).")
+@_lora_options
 def convert(
-    checkpoint: Path, out: Path, outtype: str, dry_run: bool, force: bool, name: str | None, source_url: str | None
+    checkpoint: Path,
+    out: Path,
+    outtype: str,
+    dry_run: bool,
+    force: bool,
+    name: str | None,
+    source_url: str | None,
+    loras: tuple[Path, ...],
+    lora_scales: tuple[float, ...],
 ) -> None:
     """Write the language-model GGUF (qwen35) of a MiniCPM-V 4.6 checkpoint."""
     from .convert_hf_to_gguf import plan_lm, write_lm
@@ -74,7 +108,7 @@ def convert(
 
     if not dry_run:
         check_output(out, overwrite=force)  # fail before reading the checkpoint
-    plan = plan_lm(checkpoint, outtype=outtype)
+    plan = plan_lm(checkpoint, outtype=outtype, loras=_open_loras(loras, lora_scales))
     if dry_run:
         for row in plan.rows:
             click.echo(f"{row.hf_name} -> {row.gguf_name}  {row.source_dtype} -> {row.ggml_type}  {list(row.shape)}")
@@ -112,7 +146,17 @@ def convert(
 )
 @click.option("--dry-run", is_flag=True, help="Print the tensor plan; write nothing.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-def mmproj(checkpoint: Path, out: Path, mode: str, outtype: str, dry_run: bool, force: bool) -> None:
+@_lora_options
+def mmproj(
+    checkpoint: Path,
+    out: Path,
+    mode: str,
+    outtype: str,
+    dry_run: bool,
+    force: bool,
+    loras: tuple[Path, ...],
+    lora_scales: tuple[float, ...],
+) -> None:
     """Write the mmproj (vision) GGUF of a MiniCPM-V 4.6 checkpoint, one file per mode."""
     from .gguf_io import check_output
     from .mmproj import MODES, mode_paths, plan_mmproj, write_mmproj
@@ -121,8 +165,10 @@ def mmproj(checkpoint: Path, out: Path, mode: str, outtype: str, dry_run: bool, 
     if not dry_run:
         for path in paths.values():
             check_output(path, overwrite=force)
+    adapters = _open_loras(loras, lora_scales)
+    plans = {m: plan_mmproj(checkpoint, mode=m, outtype=outtype, loras=adapters) for m in paths}  # all checked first
     for m, path in paths.items():
-        plan = plan_mmproj(checkpoint, mode=m, outtype=outtype)
+        plan = plans[m]
         if dry_run:
             for row in plan.rows:
                 click.echo(
@@ -249,6 +295,9 @@ def _chunk_progress(label: str):
 )
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option(
+    "--lora", "loras", multiple=True, type=click.Path(path_type=Path), help="A LoRA adapter GGUF: an ADAPTER line."
+)
+@click.option(
     "--check",
     type=click.Path(path_type=Path),
     metavar="MODELFILE",
@@ -265,6 +314,7 @@ def ollama(
     system: str | None,
     num_ctx: int,
     force: bool,
+    loras: tuple[Path, ...],
     check: Path | None,
 ) -> None:
     """Package the LM and mmproj GGUFs for Ollama (>= 0.30), or check a Modelfile.
@@ -287,9 +337,17 @@ def ollama(
             ctx.exit(1)
         click.echo(f"{path}: Ollama accepts it")
         return
+    if lm is not None and lm.is_dir():  # a build folder: its LM and its 16x mmproj (else the mode it has)
+        from .pipeline.folder import build_files, gguf_paths
+
+        gguf_paths(lm, (mmproj,) if mmproj else ())  # refuses --mmproj beside a folder
+        files = build_files(lm)
+        lm, mmproj = files.lm, files.mmprojs.get(spec.DEFAULT_MODE) or next(iter(files.mmprojs.values()), None)
     if not (lm and mmproj and out):
-        raise click.UsageError("give LM, --mmproj and -o (or --check MODELFILE)")
-    result = package_ollama(lm, mmproj, out, name=name, link=link, system=system, num_ctx=num_ctx, overwrite=force)
+        raise click.UsageError("give LM (or a build folder), --mmproj and -o (or --check MODELFILE)")
+    result = package_ollama(
+        lm, mmproj, out, name=name, link=link, system=system, num_ctx=num_ctx, overwrite=force, adapters=loras
+    )
     click.echo(result.summary())
     click.echo(f"create the model with:\n  {result.create_command()}")
 
@@ -297,7 +355,7 @@ def ollama(
 def _chat_options(command):
     """Options shared by `run` and `chat`: the model files, the mode, sampling and sizes."""
     options = [
-        click.argument("lm", type=click.Path(path_type=Path)),
+        click.argument("lm", metavar="BUILD_DIR|LM.gguf", type=click.Path(path_type=Path)),
         click.option(
             "--mmproj",
             "mmprojs",
@@ -310,6 +368,16 @@ def _chat_options(command):
             type=click.Choice(list(spec.DETAIL_MODES)),
             default=None,
             help="normal: the 16x mmproj (default when given); high: the 4x mmproj (fine detail).",
+        ),
+        click.option(
+            "--lora",
+            "loras",
+            multiple=True,
+            type=click.Path(path_type=Path),
+            help="A llama.cpp LoRA adapter GGUF (`minicpmv-gguf lora` writes one; repeatable).",
+        ),
+        click.option(
+            "--lora-scale", "lora_scales", multiple=True, type=float, help="Adapter scale: once, or once per --lora."
         ),
         click.option("--think", is_flag=True, help="Thinking mode (enable_thinking); off by default."),
         click.option("--system", help="A system prompt."),
@@ -346,9 +414,19 @@ def _chat_options(command):
     return command
 
 
+def _lora_pairs(loras: tuple[Path, ...], scales: tuple[float, ...]) -> tuple[tuple[Path, float], ...]:
+    """(adapter GGUF, scale) pairs from --lora and --lora-scale."""
+    if scales and len(scales) not in (1, len(loras)):
+        raise click.UsageError(f"give --lora-scale once or once per --lora ({len(loras)}), not {len(scales)} times")
+    per = scales if len(scales) == len(loras) else (scales or (1.0,)) * len(loras)
+    return tuple(zip(loras, per))
+
+
 def _open_chat(
     lm: Path,
     mmprojs: tuple[Path, ...],
+    loras: tuple[Path, ...],
+    lora_scales: tuple[float, ...],
     detail: str | None,
     think: bool,
     system: str | None,
@@ -363,10 +441,12 @@ def _open_chat(
     max_frames: int,
 ):
     """(the model, a chat session on it); close the session before the model."""
+    from .pipeline.folder import gguf_paths
     from .runtime import Sampling, open_model
 
+    lm, mmprojs = gguf_paths(lm, mmprojs)  # a build folder brings its LM and every mmproj mode
     sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, repeat_penalty=repeat_penalty, seed=seed)
-    model = open_model(lm, list(mmprojs), threads=threads)
+    model = open_model(lm, list(mmprojs), threads=threads, loras=_lora_pairs(loras, lora_scales))
     try:
         return model, model.chat(
             detail=detail,
@@ -468,6 +548,7 @@ def chat(stats: bool, **opts) -> None:
 @click.option("--threads", type=click.IntRange(min=1), help="Quantizer threads (default: all cores).")
 @click.option("--verify", "then_verify", is_flag=True, help="Then run `verify` (needs torch and transformers).")
 @click.option("--force", is_flag=True, help="Build into a directory that holds something else; redo every stage.")
+@_lora_options
 @click.pass_context
 def build(
     ctx: click.Context,
@@ -484,6 +565,8 @@ def build(
     threads: int | None,
     then_verify: bool,
     force: bool,
+    loras: tuple[Path, ...],
+    lora_scales: tuple[float, ...],
 ) -> None:
     """A checkpoint directory or Hugging Face repo id -> quantized LM, mmproj, Ollama package and manifest.
 
@@ -509,10 +592,30 @@ def build(
         threads=threads,
         force=force,
         progress=pipeline.StageProgress(sys.stderr),
+        loras=tuple(_open_loras(loras, lora_scales)),
     )
     click.echo(result.summary())
     if then_verify:
         ctx.invoke(verify_, build_dir=out, checkpoint=str(result.source.path))
+
+
+@cli.command("lora")
+@click.argument("adapter", type=click.Path(path_type=Path))
+@click.option("--base", required=True, type=click.Path(path_type=Path), help="The base checkpoint directory.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The adapter GGUF to write.")
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+def lora_(adapter: Path, base: Path, out: Path, force: bool) -> None:
+    """A PEFT LoRA adapter's language-model targets -> a llama.cpp adapter GGUF, for `run/chat/serve --lora`.
+
+    Vision-tower adapters cannot run as llama.cpp adapters: merge them with `mmproj --lora` or `build --lora`.
+
+    \b
+        minicpmv-gguf lora ./my-adapter --base ./MiniCPM-V-4_6 -o my-adapter.gguf
+        minicpmv-gguf run minicpmv46/ --lora my-adapter.gguf -p "..."
+    """
+    from .lora.gguf_adapter import write_lora_gguf
+
+    click.echo(write_lora_gguf(adapter, base, out, overwrite=force).summary())
 
 
 @cli.command("verify")
@@ -581,6 +684,10 @@ def inspect_(gguf: Path, tensors: bool) -> None:
 @click.option(
     "--state-cache-mb", type=click.IntRange(min=0), default=256, show_default=True, help="Model-state snapshots kept."
 )
+@click.option(
+    "--lora", "loras", multiple=True, type=click.Path(path_type=Path), help="A LoRA adapter GGUF (repeatable)."
+)
+@click.option("--lora-scale", "lora_scales", multiple=True, type=float, help="Adapter scale: once, or once per --lora.")
 def serve(
     lm: Path,
     mmprojs: tuple[Path, ...],
@@ -598,6 +705,8 @@ def serve(
     max_queued: int,
     image_cache_mb: int,
     state_cache_mb: int,
+    loras: tuple[Path, ...],
+    lora_scales: tuple[float, ...],
 ) -> None:
     """An OpenAI-compatible server: POST /v1/chat/completions, GET /v1/models, GET /health.
 
@@ -633,6 +742,7 @@ def serve(
         image_cache_bytes=image_cache_mb << 20,
         state_cache_bytes=state_cache_mb << 20,
         images=ImagePolicy(allow_remote=allow_remote_images, media_dir=media_dir),
+        loras=_lora_pairs(loras, lora_scales),
     )
     run_server(settings, host=host, port=port)
 

@@ -61,3 +61,7 @@ class VerifyError(ToolkitError):
 
 class ClosedError(ToolkitError):
     """A llama.cpp model, context, sampler or mmproj used after its close()."""
+
+
+class LoraError(ToolkitError):
+    """A LoRA adapter that cannot be used: missing files, an unsupported PEFT type, or made for another base."""

@@ -25,6 +25,7 @@ from .native.ggml import f32_to_bf16, f32_to_f16, quantize_rows
 from .safetensors_io import TensorRef, read_raw, read_rows, read_tensor, row_chunks
 
 Transform = Callable[[np.ndarray], np.ndarray]  # pure: float32 array -> float32 array
+Delta = Callable[[int, int], np.ndarray]  # (start, stop) -> float32 rows added to the source before the transform
 
 
 def keep(w: np.ndarray) -> np.ndarray:
@@ -81,6 +82,7 @@ class PlannedTensor:
     transform: Transform
     dtype: str
     bid: int | None
+    delta: Delta | None = None  # a merged LoRA's B·A rows (lora.merge); None: the checkpoint's tensor as is
 
 
 def _compile(template: str) -> re.Pattern[str]:
@@ -181,19 +183,27 @@ def tensor_out(p: PlannedTensor, out_type: Q) -> TensorOut:
 
 def _chunks(p: PlannedTensor, ggml_type: Q) -> Iterator[np.ndarray]:
     if p.transform is not keep:
-        w = p.transform(read_tensor(p.source))
+        w = p.transform(_source_rows(p, 0, p.source.n_rows))
         assert w.shape == p.gguf_shape, (p.hf_name, w.shape, p.gguf_shape)
         yield _finite(p, encode(w, ggml_type), ggml_type, w)
         return
-    same_type = SOURCE_TYPES[p.source.dtype] == ggml_type
+    same_type = SOURCE_TYPES[p.source.dtype] == ggml_type and p.delta is None
     for start, stop in row_chunks(p.source):
         if same_type:
             yield _finite(p, read_raw(p.source, start, stop), ggml_type, None)
         else:
-            w = read_rows(p.source, start, stop)
+            w = _source_rows(p, start, stop)
             out = _finite(p, encode(w, ggml_type), ggml_type, w)
             del w  # not held across the yield: one float32 chunk in memory at a time
             yield out
+
+
+def _source_rows(p: PlannedTensor, start: int, stop: int) -> np.ndarray:
+    """Rows of the source as float32, with a LoRA delta added (before any HF -> GGUF transform)."""
+    w = read_rows(p.source, start, stop)
+    if p.delta is not None:
+        w += p.delta(start, stop)
+    return w
 
 
 # Float types -> (unsigned, signed) views and the exponent mask: all-ones exponent bits = Inf or NaN.

@@ -61,6 +61,6 @@ def test_no_import_cycle_inside_the_package():
 
 
 def test_the_pipeline_is_the_package_api():
-    for name in ("convert_lm", "convert_mmproj", "quantize_lm", "build", "verify", "open_model", "package_ollama"):
+    for name in ("convert_lm", "convert_mmproj", "quantize_lm", "build", "open_model", "package_ollama"):
         assert callable(getattr(minicpmv_gguf, name)), name
         assert name in minicpmv_gguf.__doc__

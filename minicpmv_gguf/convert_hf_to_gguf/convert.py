@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gguf import GGMLQuantizationType as Q
@@ -18,6 +19,7 @@ from ..checkpoint import Checkpoint, open_checkpoint
 from ..errors import ToolkitError
 from ..general_metadata import general_kvs, sampling_kvs
 from ..gguf_io import Progress, TensorOut, check_output, write_gguf
+from ..lora import Adapter, attach, lora_kvs, prepare
 from ..spec import LM_ARCH
 from ..tensor_plan import FILE_TYPES, PlanRow, plan_rows, plan_tensors, resolve_outtype, tensor_out
 from .metadata import lm_hparams, tokenizer_kvs
@@ -37,6 +39,7 @@ class LMPlan:
     tensors: list[TensorOut]
     rows: list[PlanRow]
     skipped: list[str]
+    loras: list[Adapter] = field(default_factory=list)  # merged into the weights
 
     @property
     def n_bytes(self) -> int:
@@ -66,14 +69,15 @@ class ConvertResult:
         )
 
 
-def plan_lm(checkpoint: Path, *, outtype: str = "auto") -> LMPlan:
+def plan_lm(checkpoint: Path, *, outtype: str = "auto", loras: Sequence[Adapter] = ()) -> LMPlan:
     """Validate a checkpoint and plan its LM GGUF; reads headers and tokenizer only.
 
     Args:
         checkpoint: a local Hugging Face checkpoint directory.
         outtype: "auto" (the checkpoint's own float type: lossless), "f32", "f16", "bf16" or "q8_0".
+        loras: adapters (lora.open_adapter) whose language-model targets are merged into the weights.
     Raises:
-        ToolkitError (CheckpointError, TensorMapError, TokenizerError): user-fixable problems.
+        ToolkitError (CheckpointError, TensorMapError, TokenizerError, LoraError): user-fixable problems.
     """
     ckpt = open_checkpoint(Path(checkpoint))
     try:
@@ -87,12 +91,14 @@ def plan_lm(checkpoint: Path, *, outtype: str = "auto") -> LMPlan:
         )
     except ToolkitError as err:
         raise type(err)(f"{ckpt.path}: {err}") from err
+    loras = prepare(list(loras), ckpt)
+    planned = attach(planned, loras, vision=False)
     if skipped:
         log.info("leaving out %d tensors of the vision tower, merger or MTP heads", len(skipped))
     vocab = read_vocab(ckpt.path, ckpt.text.vocab_size)
     out_type = resolve_outtype(outtype, planned)
     tensors = [tensor_out(p, out_type) for p in planned]
-    return LMPlan(ckpt, vocab, out_type, tensors, plan_rows(planned, tensors), skipped)
+    return LMPlan(ckpt, vocab, out_type, tensors, plan_rows(planned, tensors), skipped, loras)
 
 
 def write_lm(
@@ -119,6 +125,7 @@ def write_lm(
         *general_kvs(
             ckpt, file_type=int(FILE_TYPES[plan.out_type]), gguf_type="model", name=name, source_url=source_url
         ),
+        *lora_kvs(plan.loras, vision=False),
         *sampling_kvs(ckpt),
         *lm_hparams(ckpt.text),
         *tokenizer_kvs(plan.vocab),
@@ -136,6 +143,7 @@ def convert_lm(
     name: str | None = None,
     source_url: str | None = None,
     progress: Progress | None = None,
+    loras: Sequence[Adapter] = (),
 ) -> ConvertResult:
     """plan_lm + write_lm: convert a MiniCPM-V 4.6 checkpoint's language model to a qwen35 GGUF.
 
@@ -144,7 +152,7 @@ def convert_lm(
     """
     check_output(Path(out), overwrite=overwrite)  # fail before the long part
     return write_lm(
-        plan_lm(checkpoint, outtype=outtype),
+        plan_lm(checkpoint, outtype=outtype, loras=loras),
         out,
         overwrite=overwrite,
         name=name,

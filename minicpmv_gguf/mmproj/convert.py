@@ -7,7 +7,8 @@ file is written per mode. Tensors stream exactly as in the LM converter (`tensor
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gguf import GGMLQuantizationType as Q
@@ -16,6 +17,7 @@ from ..checkpoint import Checkpoint, open_checkpoint
 from ..errors import CheckpointError, ToolkitError
 from ..general_metadata import general_kvs
 from ..gguf_io import Progress, TensorOut, check_output, write_gguf
+from ..lora import Adapter, attach, lora_kvs, prepare
 from ..spec import DEFAULT_MODE, MODES
 from ..tensor_plan import FILE_TYPES, PlanRow, plan_rows, plan_tensors, resolve_outtype, tensor_out
 from .config import VisionConfig, parse_vision_config
@@ -34,6 +36,7 @@ class MMProjPlan:
     tensors: list[TensorOut]
     rows: list[PlanRow]
     skipped: list[str]
+    loras: list[Adapter] = field(default_factory=list)  # merged into the weights
 
     @property
     def n_bytes(self) -> int:
@@ -63,14 +66,17 @@ class MMProjResult:
         )
 
 
-def plan_mmproj(checkpoint: Path, *, mode: str = DEFAULT_MODE, outtype: str = "f16") -> MMProjPlan:
+def plan_mmproj(
+    checkpoint: Path, *, mode: str = DEFAULT_MODE, outtype: str = "f16", loras: Sequence[Adapter] = ()
+) -> MMProjPlan:
     """Validate a checkpoint's vision half and plan the mmproj GGUF of one mode; reads headers only.
 
     Args:
         mode: "16x" (default: 4x fewer visual tokens than 4x) or "4x" (for small text and fine detail).
         outtype: "f16" (default), "f32", "bf16", "q8_0", or "auto" (the checkpoint's own type).
+        loras: adapters (lora.open_adapter) whose vision, merger and projector targets are merged.
     Raises:
-        ToolkitError (CheckpointError, TensorMapError): user-fixable problems.
+        ToolkitError (CheckpointError, TensorMapError, LoraError): user-fixable problems.
     """
     if mode not in MODES:
         raise ToolkitError(f"mode {mode!r}: choose {' or '.join(MODES)}")
@@ -88,9 +94,11 @@ def plan_mmproj(checkpoint: Path, *, mode: str = DEFAULT_MODE, outtype: str = "f
         )
     except ToolkitError as err:
         raise type(err)(f"{ckpt.path}: {err}") from err
+    loras = prepare(list(loras), ckpt)
+    planned = attach(planned, loras, vision=True)
     out_type = resolve_outtype(outtype, planned)
     tensors = [tensor_out(p, out_type) for p in planned]
-    return MMProjPlan(ckpt, vision, mode, out_type, tensors, plan_rows(planned, tensors), skipped)
+    return MMProjPlan(ckpt, vision, mode, out_type, tensors, plan_rows(planned, tensors), skipped, loras)
 
 
 def write_mmproj(
@@ -100,6 +108,7 @@ def write_mmproj(
     t0 = time.perf_counter()
     kvs = [
         *general_kvs(plan.checkpoint, file_type=int(FILE_TYPES[plan.out_type]), gguf_type="mmproj", name=name),
+        *lora_kvs(plan.loras, vision=True),
         *clip_kvs(plan.vision, plan.mode),
     ]
     n_bytes = write_gguf(Path(out), ARCH, kvs, plan.tensors, overwrite=overwrite, progress=progress)
@@ -114,6 +123,7 @@ def convert_mmproj(
     outtype: str = "f16",
     overwrite: bool = False,
     progress: Progress | None = None,
+    loras: Sequence[Adapter] = (),
 ) -> MMProjResult:
     """plan_mmproj + write_mmproj.
 
@@ -122,7 +132,7 @@ def convert_mmproj(
     """
     check_output(Path(out), overwrite=overwrite)
     return write_mmproj(
-        plan_mmproj(checkpoint, mode=mode, outtype=outtype), out, overwrite=overwrite, progress=progress
+        plan_mmproj(checkpoint, mode=mode, outtype=outtype, loras=loras), out, overwrite=overwrite, progress=progress
     )
 
 

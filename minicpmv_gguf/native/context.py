@@ -61,6 +61,17 @@ class Context:
                 self._memory = L.llama_get_memory(self._ctx)
         if not self._ctx:
             raise ModelLoadError(f"{lm.path}: llama.cpp cannot make a {n_ctx}-token context: {failure_reason(lines)}")
+        if lm.loras:
+            self._set_loras(lm.loras)
+
+    def _set_loras(self, loras: list[tuple[object, float]]) -> None:
+        """Apply the model's LoRA adapters to this context (llama_set_adapters_lora)."""
+        L = llama_cpp()
+        adapters = (L.llama_adapter_lora_p_ctypes * len(loras))(*(a for a, _ in loras))
+        scales = (ctypes.c_float * len(loras))(*(s for _, s in loras))
+        if L.llama_set_adapters_lora(self._ctx, adapters, len(loras), scales) != 0:
+            self.close()
+            raise ModelLoadError(f"{self.lm.path}: llama.cpp cannot apply the LoRA adapters to a context")
 
     @property
     def ctx(self):

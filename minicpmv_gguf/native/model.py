@@ -45,6 +45,7 @@ class LanguageModel:
     def _load(self, path: Path, load_mode: int) -> None:
         L = llama_cpp()
         self.path, self._lock, self._model, self._vocab = path, threading.RLock(), None, None
+        self.loras: list[tuple[object, float]] = []  # (llama_adapter_lora pointer, scale): every new context uses them
         self._borrowers: weakref.WeakSet = weakref.WeakSet()
         params = L.llama_model_default_params()
         params.n_gpu_layers, params.load_mode = 0, load_mode
@@ -55,6 +56,20 @@ class LanguageModel:
         self._vocab = L.llama_model_get_vocab(self._model)
         self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
         self.n_embd = L.llama_model_n_embd(self._model)
+
+    def add_lora(self, path: Path, scale: float = 1.0) -> None:
+        """Load a llama.cpp LoRA adapter GGUF for this model; contexts made afterwards apply it at `scale`.
+
+        llama.cpp frees the adapter with the model, so it is never freed here.
+        Raises:
+            ModelLoadError: llama.cpp refuses the file (not an adapter, another architecture, shapes).
+        """
+        L = llama_cpp()
+        with self._lock, capture_log() as lines:
+            adapter = L.llama_adapter_lora_init(self.model, str(path).encode())
+        if not adapter:
+            raise ModelLoadError(f"{path}: llama.cpp cannot load it as a LoRA adapter: {failure_reason(lines)}")
+        self.loras.append((adapter, float(scale)))
 
     @property
     def model(self):

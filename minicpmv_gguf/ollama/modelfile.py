@@ -96,8 +96,9 @@ def render_modelfile(
     license: str | None = None,
     system: str | None = None,
     num_ctx: int = DEFAULT_NUM_CTX,
+    adapter_files: tuple[str, ...] = (),
 ) -> str:
-    """The Modelfile text for a package holding `lm_file` and `mmproj_file` beside it.
+    """The Modelfile text for a package holding `lm_file`, `mmproj_file` (and LoRA `adapter_files`) beside it.
 
     Example:
         >>> print(render_modelfile("lm.gguf", "mmproj.gguf", license="apache-2.0"))
@@ -105,6 +106,7 @@ def render_modelfile(
     wanted = [
         Command("from", f"./{lm_file}", 0),
         Command("from", f"./{mmproj_file}", 0),
+        *(Command("adapter", f"./{a}", 0) for a in adapter_files),
         Command("requires", OLLAMA_MIN_VERSION, 0),
         Command("template", CHAT_TEMPLATE, 0),
         *(Command("parameter", s, 0, "stop") for s in STOP_STRINGS),
@@ -152,6 +154,7 @@ def package_ollama(
     system: str | None = None,
     num_ctx: int = DEFAULT_NUM_CTX,
     overwrite: bool = False,
+    adapters: tuple[Path, ...] = (),
 ) -> OllamaPackage:
     """Write `out/` with both GGUFs (copied, or linked with link=True) and a Modelfile for `ollama create`.
 
@@ -165,6 +168,7 @@ def package_ollama(
             model's template trims it.
         num_ctx: the context length Ollama loads the model with.
         overwrite: replace an existing `out`.
+        adapters: llama.cpp LoRA adapter GGUFs (`minicpmv-gguf lora`), placed beside the GGUFs as ADAPTER lines.
 
     Raises:
         OllamaError: the GGUFs are not MiniCPM-V 4.6's LM and mmproj, or the name is not an Ollama name.
@@ -183,14 +187,23 @@ def package_ollama(
     if num_ctx < 1:
         raise OllamaError(f"num_ctx {num_ctx}: must be a positive number of tokens")
     license = _check_pair(lm, mmproj)
-    _check_out(out, [lm, mmproj], overwrite=overwrite)
+    adapters = tuple(Path(a) for a in adapters)
+    _check_adapters(adapters, [lm.name, mmproj.name])
+    _check_out(out, [lm, mmproj, *adapters], overwrite=overwrite)
     text = render_modelfile(
-        lm.name, mmproj.name, license=license, system=(system or "").strip() or None, num_ctx=num_ctx
+        lm.name,
+        mmproj.name,
+        license=license,
+        system=(system or "").strip() or None,
+        num_ctx=num_ctx,
+        adapter_files=tuple(a.name for a in adapters),
     )
     tmp = out.parent / f".{out.name}.{os.getpid()}.part"
     try:
         tmp.mkdir()
         placed = (_place(lm, tmp / lm.name, link), _place(mmproj, tmp / mmproj.name, link))
+        for a in adapters:
+            _place(a, tmp / a.name, link)
         (tmp / "Modelfile").write_text(text, encoding="utf-8")
         errors = [p.format(tmp / "Modelfile") for p in check_modelfile(tmp / "Modelfile") if not p.warning]
         assert not errors, errors  # our own output must pass our own validator
@@ -202,6 +215,19 @@ def package_ollama(
             shutil.rmtree(tmp, ignore_errors=True)
     log.debug("packaged %s and %s for Ollama in %s", lm, mmproj, out)
     return OllamaPackage(out, name, lm.name, mmproj.name, placed, lm.stat().st_size + mmproj.stat().st_size)
+
+
+def _check_adapters(adapters: tuple[Path, ...], taken: list[str]) -> None:
+    """Each adapter is a qwen35 LoRA adapter GGUF with a file name of its own in the package."""
+    for a in adapters:
+        if not a.is_file():
+            raise OllamaError(f"{a}: LoRA adapter GGUF not found")
+        kind = classify_gguf(a)
+        if kind.kind != "adapter" or kind.architecture != LM_ARCH:
+            raise OllamaError(f"{a}: not a {LM_ARCH} LoRA adapter GGUF (minicpmv-gguf lora writes it)")
+        if a.name in taken:
+            raise OllamaError(f"{a}: another file of the package has the name {a.name}")
+        taken.append(a.name)
 
 
 def _check_pair(lm: Path, mmproj: Path) -> str | None:

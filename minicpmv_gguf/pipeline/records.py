@@ -49,6 +49,7 @@ _KINDS: dict[str, Callable[[Any], bool]] = {
     "true or false": lambda v: isinstance(v, bool),
     "an object": lambda v: isinstance(v, dict),
     "a list of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "a list of objects": lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
 }
 
 
@@ -182,9 +183,12 @@ class BuildOptions:
     keep_unquantized: bool
     ollama: bool
     ollama_name: str
+    # LoRA adapters merged in (lora.Adapter.record(): path, sha256, rank, alpha, rslora, scale, targets).
+    loras: tuple[Mapping[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {**vars(self), "modes": list(self.modes)}
+        out = {**vars(self), "modes": list(self.modes), "loras": [dict(r) for r in self.loras]}
+        return out if self.loras else {k: v for k, v in out.items() if k != "loras"}  # 0.1.0's layout without
 
     @classmethod
     def from_json(cls, data: Any, at: Where) -> BuildOptions:
@@ -197,6 +201,7 @@ class BuildOptions:
             keep_unquantized=_get(obj, "keep_unquantized", at, "true or false"),
             ollama=_get(obj, "ollama", at, "true or false"),
             ollama_name=_get(obj, "ollama_name", at, "a string"),
+            loras=tuple(_get(obj, "loras", at, "a list of objects", optional=True) or ()),
         )
 
 

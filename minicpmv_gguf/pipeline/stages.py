@@ -14,8 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import open_checkpoint
 from ..convert_hf_to_gguf import plan_lm, write_lm
 from ..errors import OllamaError, OptionError, OutputError, QuantizeError
+from ..lora import Adapter, prepare
 from ..mmproj import MODES, plan_mmproj, write_mmproj
 from ..ollama import DEFAULT_NAME, package_ollama
 from ..ollama.modelfile import _NAME as OLLAMA_NAME
@@ -49,6 +51,7 @@ def build(
     threads: int | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    loras: tuple[Adapter, ...] = (),
 ) -> BuildResult:
     """Build (or resume) everything needed to run MiniCPM-V 4.6 from `source` in `out_dir`.
 
@@ -64,6 +67,8 @@ def build(
         revision: a hub branch, tag or commit.
         force: build into a directory that holds something else, and redo every stage.
         progress: receives a StageEvent per stage start, advance, skip and finish.
+        loras: PEFT LoRA adapters (lora.open_adapter) merged into the LM and the mmproj files; recorded in
+            manifest.json, and a changed adapter file reruns the stages it touches.
     Raises:
         ToolkitError: OptionError, QuantizeError or OllamaError (an option), SourceError, OutputError (foreign
             or locked directory), ManifestError, CheckpointError, ...
@@ -78,18 +83,21 @@ def build(
         keep_unquantized=keep_unquantized,
         ollama=ollama,
         ollama_name=ollama_name,
+        loras=tuple(ad.record() for ad in loras),
     )
     _check_options(options)
     out_dir = Path(out_dir)
     if out_dir.is_dir() and not force:
         refuse_foreign(out_dir, mf.load_manifest(out_dir), None, force=False)  # before any download or hashing
     src = resolve_source(source, revision=revision)
+    if loras:
+        prepare(list(loras), open_checkpoint(src.path))  # an adapter for another base: refused before any write
     check_out_dir(out_dir, src.path)
     created = not out_dir.exists()
     out_dir.mkdir(exist_ok=True)
     try:
         with BuildLock(out_dir):
-            return _Run(out_dir, src, options, threads, force, progress or (lambda e: None)).all(t0)
+            return _Run(out_dir, src, options, threads, force, progress or (lambda e: None), loras).all(t0)
     except BaseException:
         if created and not (out_dir / MANIFEST).exists() and not has_content(out_dir):
             shutil.rmtree(out_dir, ignore_errors=True)  # nothing but our lock: leave no trace
@@ -118,9 +126,17 @@ class _Run:
     """One build: the stages in order, the earlier build's manifest and the one being made, and the stage log."""
 
     def __init__(
-        self, out: Path, src: Source, options: BuildOptions, threads: int | None, force: bool, progress: Progress
+        self,
+        out: Path,
+        src: Source,
+        options: BuildOptions,
+        threads: int | None,
+        force: bool,
+        progress: Progress,
+        loras: tuple[Adapter, ...] = (),
     ) -> None:
         self.out, self.src, self.options, self.threads, self.force = out, src, options, threads, force
+        self.loras = list(loras)  # opened adapters; options.loras holds their records
         self.final_float = options.quant in FLOAT_QUANTS  # no quantizer: the converted LM is the final one
         stages = (
             ["check", "convert"]
@@ -228,7 +244,7 @@ class _Run:
         return lm
 
     def _convert(self) -> list[Path]:
-        plan = plan_lm(self.src.path, outtype=_lm_outtype(self.options))
+        plan = plan_lm(self.src.path, outtype=_lm_outtype(self.options), loras=self.loras)
         out = self.out / f"lm-{plan.out_type.name}.gguf"
         write_lm(
             plan,
@@ -257,7 +273,7 @@ class _Run:
             return self._skip(key)
 
         def run() -> list[Path]:
-            plan = plan_mmproj(self.src.path, mode=mode, outtype=self.options.mmproj_outtype)
+            plan = plan_mmproj(self.src.path, mode=mode, outtype=self.options.mmproj_outtype, loras=self.loras)
             write_mmproj(
                 plan,
                 self.out / f"{key}.gguf",
@@ -310,17 +326,21 @@ class _Run:
         """What a stage's outputs depend on: a change reruns the stage."""
         o, fp, tools = self.options, self.source.fingerprint, self.tools.to_json()
         converter = {k: tools[k] for k in ("minicpmv_gguf", "gguf")}  # a new converter may write other bytes
+        # Only with adapters: a build without any keeps 0.1.0's params, so its stages stay up to date.
+        lora = {"loras": [{"sha256": r["sha256"], "scale": r["scale"]} for r in o.loras]} if o.loras else {}
         if key == "convert":
-            return {"outtype": _lm_outtype(o), "source": fp, "tools": converter}
+            return {"outtype": _lm_outtype(o), "source": fp, "tools": converter, **lora}
         if key == "quantize":
             return {
                 "qtype": o.quant,
                 "from": o.lm_outtype,
                 "source": fp,
                 "tools": {**converter, **{k: tools[k] for k in ("llama-cpp-python", "libllama")}},
+                **lora,
             }
         if key.startswith("mmproj-"):
-            return {"mode": key.removeprefix("mmproj-"), "outtype": o.mmproj_outtype, "source": fp, "tools": converter}
+            mode = key.removeprefix("mmproj-")
+            return {"mode": mode, "outtype": o.mmproj_outtype, "source": fp, "tools": converter, **lora}
         lm, mm = self._outputs("convert" if self.final_float else "quantize"), self._outputs(f"mmproj-{o.modes[0]}")
         return {
             "name": o.ollama_name,

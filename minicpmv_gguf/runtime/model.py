@@ -96,7 +96,12 @@ class Model:
 
 
 def open_model(
-    lm: Path, mmproj: Path | Sequence[Path] = (), *, threads: int | None = None, mmap: bool = False
+    lm: Path,
+    mmproj: Path | Sequence[Path] = (),
+    *,
+    threads: int | None = None,
+    mmap: bool = False,
+    loras: Sequence[tuple[Path, float]] = (),
 ) -> Model:
     """Check and load a MiniCPM-V 4.6 LM GGUF and up to one mmproj GGUF per mode (16x, 4x).
 
@@ -111,6 +116,8 @@ def open_model(
         mmap: Memory-map the LM GGUF instead of reading it into memory. Off by default: llama.cpp
             repacks quantized weights for its faster CPU kernels, and with mmap both the repacked copy
             and the mapped file pages stay resident (README, "Chat on a CPU").
+        loras: (llama.cpp LoRA adapter GGUF, scale) pairs (`minicpmv-gguf lora` writes them), applied to
+            every conversation.
 
     Returns:
         A Model; `model.chat()` starts a conversation. Use it as a context manager or call `close()`.
@@ -136,4 +143,13 @@ def open_model(
         mmprojs[mm.mode] = mm
     if threads is not None and threads < 1:
         raise InputError(f"threads must be at least 1, got {threads}")
-    return Model(LanguageModel(header, mmap=mmap), mmprojs, threads or physical_cores())
+    model = LanguageModel(header, mmap=mmap)
+    try:
+        for path, scale in loras:
+            if not Path(path).is_file():
+                raise ModelLoadError(f"{path}: LoRA adapter GGUF not found")
+            model.add_lora(Path(path), scale)
+    except BaseException:
+        model.close()
+        raise
+    return Model(model, mmprojs, threads or physical_cores())

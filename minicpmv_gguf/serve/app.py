@@ -52,6 +52,7 @@ class Settings:
     image_cache_bytes: int = 64 << 20
     state_cache_bytes: int = 256 << 20
     images: ImagePolicy = ImagePolicy()
+    loras: tuple[tuple[Path, float], ...] = ()  # llama.cpp LoRA adapter GGUFs and their scales
 
 
 def create_app(settings: Settings):
@@ -60,7 +61,7 @@ def create_app(settings: Settings):
     Raises:
         ModelLoadError: a GGUF is missing, broken or does not fit the other.
     """
-    model = open_model(settings.lm, list(settings.mmprojs), threads=settings.threads)
+    model = open_model(settings.lm, list(settings.mmprojs), threads=settings.threads, loras=settings.loras)
     engine = Engine(
         model.lm,
         model.mmprojs,

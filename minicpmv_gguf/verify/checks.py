@@ -28,6 +28,7 @@ from ..spec import DEFAULT_MODE, LM_ARCH, MODE_BY_SCALE, MODES
 from .bounds import lm_float_bounds, lm_quant_bounds, mmproj_bounds
 from .reference import (
     N_THREADS,
+    apply_loras,
     hf_logits,
     llama_logits,
     load_llama,
@@ -117,6 +118,7 @@ def verify(
         lm_main = next((n for n in lms if files[n].get("file_type") not in FLOAT_TYPES), lms[0])
         log.info("verify: loading the PyTorch reference from %s", src.path)
         model, processor = load_reference_model(src.path), load_processor(src.path, pil=True)
+        model = apply_loras(model, manifest["options"].get("loras") or [])  # what the build merged in
         threads = threads or N_THREADS
         rows.append(_tokenizer_row(build_dir / lm_main, processor.tokenizer))
         prompts = chat_prompts(processor.tokenizer, long_tokens=LONG_PROMPT)

@@ -54,6 +54,29 @@ def load_reference_model(path: Path):
     return model.eval()
 
 
+def apply_loras(model, records: list[dict]):
+    """`model` with the LoRA adapters a build merged (manifest options.loras) merged by PEFT at their scales.
+
+    Raises:
+        VerifyError: an adapter is gone or its files changed since the build.
+    """
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    from ..errors import VerifyError
+    from ..lora.adapter import open_adapter
+
+    for rec in records:
+        if open_adapter(Path(rec["path"])).sha256 != rec["sha256"]:
+            raise VerifyError(f"{rec['path']}: the LoRA adapter changed since the build; rebuild before verifying")
+        model = PeftModel.from_pretrained(model, rec["path"])
+        for layer in model.modules():
+            if isinstance(layer, LoraLayer):
+                layer.scale_layer(rec["scale"])  # the build's --lora-scale, on PEFT's own alpha / r
+        model = model.merge_and_unload().eval()
+    return model
+
+
 def load_processor(path: Path, *, pil: bool = False):
     """The MiniCPMV4_6Processor at `path`; without torchvision, assembled with a stub video processor.
 
