@@ -25,9 +25,12 @@ class _Group(click.Group):
             raise click.ClickException("out of memory (free some, or check the input for huge declared sizes)") from err
 
 
+MMPROJ_OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl", "q6_k", "q5_k", "q4_k")
 MMPROJ_TYPE_HELP = (
-    "The mmproj's weight type: f16 (default) runs well everywhere, bf16 encodes faster on CPUs with "
-    "AVX-512 BF16, q8_0 needs the least memory (measurements: benchmarks/results/runtime.md)."
+    "The mmproj's weight type. f16 (default) stays the default until a trained tiny VLM can show what "
+    "quantizing the tower costs in answers; q8_0 (embedding cosine 0.9999 vs F32 on a trained tower) and "
+    "q4_0/iq4_nl (0.99, the least memory) are the low-memory settings; bf16 encodes faster with AVX-512 "
+    "BF16. Block types zero-pad the MLP width (exact). Measurements: benchmarks/results/vision_quant_full.md."
 )
 
 
@@ -139,7 +142,7 @@ def convert(
 )
 @click.option(
     "--outtype",
-    type=click.Choice(["auto", "f32", "f16", "bf16", "q8_0"]),
+    type=click.Choice(["auto", *MMPROJ_OUTTYPES]),
     default="f16",
     show_default=True,
     help=MMPROJ_TYPE_HELP,
@@ -536,7 +539,7 @@ def chat(stats: bool, **opts) -> None:
 )
 @click.option(
     "--mmproj-outtype",
-    type=click.Choice(["auto", "f32", "f16", "bf16", "q8_0"]),
+    type=click.Choice(["auto", *MMPROJ_OUTTYPES]),
     default="f16",
     show_default=True,
     help=MMPROJ_TYPE_HELP,

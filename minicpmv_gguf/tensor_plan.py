@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES, LlamaFileType
 from gguf import GGMLQuantizationType as Q
-from gguf import LlamaFileType
 
 from .errors import CheckpointError, TensorMapError, ToolkitError
 from .gguf_io import TensorOut
@@ -34,12 +34,33 @@ def keep(w: np.ndarray) -> np.ndarray:
 
 
 OUTTYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0}
+# The mmproj also takes ggml's other 32-block types and k-quants (quantized by ggml's own kernels).
+BLOCK_TYPES = {"q5_1": Q.Q5_1, "q5_0": Q.Q5_0, "q4_1": Q.Q4_1, "q4_0": Q.Q4_0, "iq4_nl": Q.IQ4_NL}
+K_TYPES = {"q6_k": Q.Q6_K, "q5_k": Q.Q5_K, "q4_k": Q.Q4_K}
+MMPROJ_OUTTYPES = {**OUTTYPES, **BLOCK_TYPES, **K_TYPES}
+# A k-quant needs rows of 256; narrower rows take llama-quantize's 32-block fallback for that type.
+K_FALLBACK = {Q.Q6_K: Q.Q8_0, Q.Q5_K: Q.Q5_1, Q.Q4_K: Q.Q5_0}
 FILE_TYPES = {
     Q.F32: LlamaFileType.ALL_F32,
     Q.F16: LlamaFileType.MOSTLY_F16,
     Q.BF16: LlamaFileType.MOSTLY_BF16,
     Q.Q8_0: LlamaFileType.MOSTLY_Q8_0,
+    Q.Q5_1: LlamaFileType.MOSTLY_Q5_1,
+    Q.Q5_0: LlamaFileType.MOSTLY_Q5_0,
+    Q.Q4_1: LlamaFileType.MOSTLY_Q4_1,
+    Q.Q4_0: LlamaFileType.MOSTLY_Q4_0,
+    Q.IQ4_NL: LlamaFileType.MOSTLY_IQ4_NL,
+    Q.Q6_K: LlamaFileType.MOSTLY_Q6_K,
+    Q.Q5_K: LlamaFileType.MOSTLY_Q5_K_M,
+    Q.Q4_K: LlamaFileType.MOSTLY_Q4_K_M,
 }
+
+
+def block_size(t: Q) -> int:
+    """Values per block: 1 for the float types, 32 for Q8_0/Q5_*/Q4_*/IQ4_NL, 256 for k-quants."""
+    return GGML_QUANT_SIZES[t][0]
+
+
 SOURCE_TYPES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16}
 
 
@@ -148,14 +169,14 @@ def plan_tensors(
     return planned, skipped
 
 
-def resolve_outtype(outtype: str, planned: list[PlannedTensor]) -> Q:
+def resolve_outtype(outtype: str, planned: list[PlannedTensor], choices: dict[str, Q] = OUTTYPES) -> Q:
     if outtype == "auto":
         # The checkpoint's own float type: the first matrix decides, as in llama.cpp's converter.
         first = next(p for p in planned if len(p.gguf_shape) >= 2)
         return SOURCE_TYPES[first.source.dtype]
-    if outtype not in OUTTYPES:
-        raise ToolkitError(f"outtype {outtype!r}: choose auto, {', '.join(OUTTYPES)}")
-    return OUTTYPES[outtype]
+    if outtype not in choices:
+        raise ToolkitError(f"outtype {outtype!r}: choose auto, {', '.join(choices)}")
+    return choices[outtype]
 
 
 def ggml_type_for(p: PlannedTensor, out_type: Q) -> Q:
@@ -164,8 +185,10 @@ def ggml_type_for(p: PlannedTensor, out_type: Q) -> Q:
         return Q.F32
     if p.dtype == "f16|f32":  # ggml's conv kernels take F16 or F32 only
         return Q.F16 if out_type == Q.F16 else Q.F32
+    if out_type in K_FALLBACK and p.gguf_shape[-1] % block_size(out_type):
+        out_type = K_FALLBACK[out_type]
     if out_type == Q.Q8_0 and p.gguf_shape[-1] % 32:
-        return Q.F16  # llama.cpp's converter falls back the same way
+        return Q.F16  # llama.cpp's converter falls back the same way (the mmproj converter refuses instead)
     return out_type
 
 

@@ -257,7 +257,7 @@ def test_bad_options_and_outputs_fail_before_any_work(tiny_ckpt, tmp_path):
         (dict(quant="Q9_X"), QuantizeError, "unknown quantization type"),
         (dict(quant="IQ2_XS"), QuantizeError, "importance matrix"),
         (dict(modes=("8x",)), ToolkitError, "choose 16x, 4x"),
-        (dict(mmproj_outtype="q4_0"), ToolkitError, "mmproj outtype"),
+        (dict(mmproj_outtype="q3_k"), ToolkitError, "mmproj outtype"),
         (dict(ollama_name="no spaces"), OllamaError, "Ollama name"),
     ]
     for kwargs, error, message in cases:

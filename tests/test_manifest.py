@@ -17,6 +17,7 @@ import pytest
 
 from minicpmv_gguf.errors import ManifestError, OptionError, OutputError, SourceError
 from minicpmv_gguf.pipeline import MANIFEST, Manifest, build, fingerprint, load_manifest
+from minicpmv_gguf.pipeline.stages import MMPROJ_OUTTYPES
 from tests.helpers import run_cli, tree_digest
 from tests.test_build import snapshot, statuses
 
@@ -154,7 +155,7 @@ def test_option_errors_have_their_own_type(tiny_ckpt, tmp_path):
         (dict(modes=("8x",)), "modes 8x: choose 16x, 4x or 16x,4x"),
         (dict(modes=()), "modes (none): choose 16x, 4x or 16x,4x"),
         (dict(lm_outtype="q8_0"), "LM outtype 'q8_0': choose one of auto, f32, f16, bf16"),
-        (dict(mmproj_outtype="q4_0"), "mmproj outtype 'q4_0': choose one of auto, f32, f16, bf16, q8_0"),
+        (dict(mmproj_outtype="q3_k"), "mmproj outtype 'q3_k': choose one of " + ", ".join(MMPROJ_OUTTYPES)),
     ]
     for kwargs, message in cases:
         with pytest.raises(OptionError) as err:

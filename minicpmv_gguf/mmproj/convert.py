@@ -19,10 +19,22 @@ from ..general_metadata import general_kvs
 from ..gguf_io import Progress, TensorOut, check_output, write_gguf
 from ..lora import Adapter, attach, lora_kvs, prepare
 from ..spec import DEFAULT_MODE, MODES
-from ..tensor_plan import FILE_TYPES, PlanRow, plan_rows, plan_tensors, resolve_outtype, tensor_out
+from ..tensor_plan import (
+    FILE_TYPES,
+    K_FALLBACK,
+    MMPROJ_OUTTYPES,
+    PlannedTensor,
+    PlanRow,
+    block_size,
+    ggml_type_for,
+    plan_rows,
+    plan_tensors,
+    resolve_outtype,
+    tensor_out,
+)
 from .config import VisionConfig, parse_vision_config
 from .metadata import ARCH, clip_kvs
-from .tensor_map import V, mmproj_rules, mmproj_skip_prefixes
+from .tensor_map import V, mmproj_rules, mmproj_skip_prefixes, padded_width
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,7 @@ class MMProjPlan:
     tensors: list[TensorOut]
     rows: list[PlanRow]
     skipped: list[str]
+    ffn_width: int  # the encoder MLP width as written: intermediate_size, or zero-padded for a block type
     loras: list[Adapter] = field(default_factory=list)  # merged into the weights
 
     @property
@@ -67,16 +80,26 @@ class MMProjResult:
 
 
 def plan_mmproj(
-    checkpoint: Path, *, mode: str = DEFAULT_MODE, outtype: str = "f16", loras: Sequence[Adapter] = ()
+    checkpoint: Path,
+    *,
+    mode: str = DEFAULT_MODE,
+    outtype: str = "f16",
+    pad_mlp_to: int | None = None,
+    loras: Sequence[Adapter] = (),
 ) -> MMProjPlan:
     """Validate a checkpoint's vision half and plan the mmproj GGUF of one mode; reads headers only.
 
     Args:
         mode: "16x" (default: 4x fewer visual tokens than 4x) or "4x" (for small text and fine detail).
-        outtype: "f16" (default), "f32", "bf16", "q8_0", or "auto" (the checkpoint's own type).
+        outtype: "f16" (default), "f32", "bf16", a 32-block type ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0",
+            "iq4_nl"), a k-quant ("q6_k", "q5_k", "q4_k": rows of 256, else llama-quantize's 32-block
+            fallback), or "auto" (the checkpoint's own type).
+        pad_mlp_to: zero-pad the MLP width to a multiple of this (default: what the type needs; the
+            output is the same either way, which the tests check on float files).
         loras: adapters (lora.open_adapter) whose vision, merger and projector targets are merged.
     Raises:
-        ToolkitError (CheckpointError, TensorMapError, LoraError): user-fixable problems.
+        ToolkitError (CheckpointError, TensorMapError, LoraError): user-fixable problems, including a block
+            type whose blocks do not fit a matrix's rows (only the MLP width can be zero-padded).
     """
     if mode not in MODES:
         raise ToolkitError(f"mode {mode!r}: choose {' or '.join(MODES)}")
@@ -84,21 +107,63 @@ def plan_mmproj(
     if not any(name.startswith(V + ".") for name in ckpt.tensors):
         raise CheckpointError(f"{ckpt.path}: no vision weights ({V}.*): this checkpoint cannot make an mmproj")
     vision = parse_vision_config(ckpt)
-    try:
-        planned, skipped = plan_tensors(
-            ckpt.tensors.values(),
-            mmproj_rules(mode),
-            vision,
-            n_blocks=vision.num_hidden_layers,
-            skip_prefixes=mmproj_skip_prefixes(mode),
-        )
-    except ToolkitError as err:
-        raise type(err)(f"{ckpt.path}: {err}") from err
+
+    def plan(ffn: int | None = None, merger_ffn: int | None = None) -> tuple[list[PlannedTensor], list[str]]:
+        try:
+            return plan_tensors(
+                ckpt.tensors.values(),
+                mmproj_rules(mode, ffn, merger_ffn),
+                vision,
+                n_blocks=vision.num_hidden_layers,
+                skip_prefixes=mmproj_skip_prefixes(mode),
+            )
+        except ToolkitError as err:
+            raise type(err)(f"{ckpt.path}: {err}") from err
+
+    planned, skipped = plan()
+    out_type = resolve_outtype(outtype, planned, MMPROJ_OUTTYPES)
+    ffn, merger_ffn = mlp_widths(vision.intermediate_size, pad_mlp_to or block_size(out_type))
+    if (ffn, merger_ffn) != (vision.intermediate_size, 4 * vision.intermediate_size):
+        planned, skipped = plan(ffn, merger_ffn)
+    check_block_rows(planned, out_type, ckpt.path)
     loras = prepare(list(loras), ckpt)
     planned = attach(planned, loras, vision=True)
-    out_type = resolve_outtype(outtype, planned)
     tensors = [tensor_out(p, out_type) for p in planned]
-    return MMProjPlan(ckpt, vision, mode, out_type, tensors, plan_rows(planned, tensors), skipped, loras)
+    return MMProjPlan(ckpt, vision, mode, out_type, tensors, plan_rows(planned, tensors), skipped, ffn, loras)
+
+
+def mlp_widths(intermediate: int, block: int) -> tuple[int, int]:
+    """(encoder MLP width, window-merger MLP width) rounded up to whole blocks of `block` values.
+
+    The type's block: 1 for float types (no padding), 32, or 256 for a k-quant, so that ffn_down (whose
+    rows are the MLP width) takes the k-quant itself rather than its fallback.
+    """
+    return padded_width(intermediate, block), padded_width(4 * intermediate, block)
+
+
+def check_block_rows(planned: list[PlannedTensor], out_type: Q, where: Path) -> None:
+    """Refuse, before anything is written, a block type whose blocks do not fit some matrix's rows.
+
+    The MLP width is padded (mlp_widths); any other row width (attention, merger, projector) is the
+    model's hidden size, which zeros cannot pad without changing the output.
+    """
+    if block_size(out_type) == 1:
+        return
+    types = {p.gguf_name: ggml_type_for(p, out_type) for p in planned if p.dtype == "outtype"}
+    # A float type here is ggml_type_for's F16 fallback: refused, not written silently.
+    bad = [
+        f"{p.gguf_name} (rows of {p.gguf_shape[-1]})"
+        for p in planned
+        if p.gguf_name in types
+        and (block_size(types[p.gguf_name]) == 1 or p.gguf_shape[-1] % block_size(types[p.gguf_name]))
+    ]
+    need = block_size(K_FALLBACK.get(out_type, out_type))
+    if bad:
+        raise ToolkitError(
+            f"{where}: --outtype {out_type.name.lower()} needs rows that are a multiple of {need}, and only the "
+            f"MLP width can be zero-padded; not: {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}. "
+            "Use f16, bf16 or f32"
+        )
 
 
 def write_mmproj(
@@ -109,7 +174,7 @@ def write_mmproj(
     kvs = [
         *general_kvs(plan.checkpoint, file_type=int(FILE_TYPES[plan.out_type]), gguf_type="mmproj", name=name),
         *lora_kvs(plan.loras, vision=True),
-        *clip_kvs(plan.vision, plan.mode),
+        *clip_kvs(plan.vision, plan.mode, ffn_width=plan.ffn_width),
     ]
     n_bytes = write_gguf(Path(out), ARCH, kvs, plan.tensors, overwrite=overwrite, progress=progress)
     return MMProjResult(Path(out), plan, n_bytes, time.perf_counter() - t0)

@@ -11,8 +11,11 @@ from .config import VisionConfig
 ARCH = "clip"
 
 
-def clip_kvs(c: VisionConfig, mode: str) -> list[KV]:
-    """clip.* keys for one downsample mode (tools/mtmd/clip.cpp load_hparams)."""
+def clip_kvs(c: VisionConfig, mode: str, *, ffn_width: int | None = None) -> list[KV]:
+    """clip.* keys for one downsample mode (tools/mtmd/clip.cpp load_hparams).
+
+    ffn_width: the MLP width the tensors have (zero-padded for a block type); default intermediate_size.
+    """
     return [
         KV("clip.projector_type", PROJECTOR, T.STRING),
         KV("clip.has_vision_encoder", True, T.BOOL),
@@ -23,7 +26,8 @@ def clip_kvs(c: VisionConfig, mode: str) -> list[KV]:
         KV("clip.vision.image_size", c.scale_resolution, T.UINT32),
         KV("clip.vision.patch_size", c.patch_size, T.UINT32),
         KV("clip.vision.embedding_length", c.hidden_size, T.UINT32),
-        KV("clip.vision.feed_forward_length", c.intermediate_size, T.UINT32),
+        # libmtmd takes the width from the tensors; the key says the same (padded) width.
+        KV("clip.vision.feed_forward_length", ffn_width or c.intermediate_size, T.UINT32),
         KV("clip.vision.block_count", c.num_hidden_layers, T.UINT32),
         KV("clip.vision.attention.head_count", c.num_attention_heads, T.UINT32),
         KV("clip.vision.attention.layer_norm_epsilon", c.layer_norm_eps, T.FLOAT32),

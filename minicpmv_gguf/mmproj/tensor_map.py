@@ -1,10 +1,18 @@
 """The HF -> GGUF tensor table of the MiniCPM-V 4.6 vision half (clip projector `minicpmv4_6`).
 
-No value transforms: clip.cpp's graph takes the HF weights as they are. gguf 0.19 has none of these
-names for this projector, so they are written out here (tools/mtmd/clip-impl.h TN_* names).
+clip.cpp's graph takes the HF weights as they are, with one exception: a block type (Q8_0, Q4_K, ...)
+needs rows that are whole blocks, and SigLIP2's MLP width (4304) is not a multiple of 32. So the MLP
+width may be zero-padded: fc1 gains zero rows and zero bias, fc2 zero columns. The padded hidden units
+are GELU(0) = 0 and meet zero weights anyway, so the output is unchanged (tested against the unpadded
+file and transformers). gguf 0.19 has none of these names for this projector, so they are written out
+here (tools/mtmd/clip-impl.h TN_* names).
 """
 
 from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
 
 from ..tensor_plan import Rule, Shape
 
@@ -31,9 +39,50 @@ def _linear(hf: str, gguf: str, out_in: Shape) -> tuple[Rule, Rule]:
     return _weight_bias(hf, gguf, out_in, lambda c: out_in(c)[:1])
 
 
-def mmproj_rules(mode: str) -> tuple[Rule, ...]:
-    """The table for one downsample mode; 16x adds the window-attention merger."""
+def padded_width(n: int, block: int) -> int:
+    """n rounded up to a whole number of blocks."""
+    return -(-n // block) * block
+
+
+def pad_rows(w: np.ndarray, n: int) -> np.ndarray:
+    """Append zero rows (axis 0) up to n: fc1's weight and bias gain hidden units that are always 0."""
+    return np.concatenate([w, np.zeros((n - w.shape[0], *w.shape[1:]), w.dtype)]) if n > w.shape[0] else w
+
+
+def pad_cols(w: np.ndarray, n: int) -> np.ndarray:
+    """Append zero columns (last axis) up to n: fc2 ignores the padded hidden units."""
+    return np.concatenate([w, np.zeros((*w.shape[:-1], n - w.shape[-1]), w.dtype)], axis=-1) if n > w.shape[-1] else w
+
+
+def _mlp(
+    up: str, down: str, gguf: str, width: Shape, d_in: Shape, d_out: Shape, padded: int | None
+) -> tuple[Rule, ...]:
+    """`up` (d_in -> width) and `down` (width -> d_out) linears, zero-padded to `padded` hidden units when given."""
+    up_w, up_b = _linear(up, f"{gguf}_up", lambda c: (width(c), d_in(c)))
+    down_w, down_b = _linear(down, f"{gguf}_down", lambda c: (d_out(c), width(c)))
+    if padded is None:
+        return up_w, up_b, down_w, down_b
+
+    def padded_rule(r: Rule, transform, shape: Shape) -> Rule:
+        return Rule(r.hf, r.gguf, r.shape, transform=partial(transform, n=padded), dtype=r.dtype, gguf_shape=shape)
+
+    return (
+        padded_rule(up_w, pad_rows, lambda c: (padded, d_in(c))),
+        padded_rule(up_b, pad_rows, lambda c: (padded,)),
+        padded_rule(down_w, pad_cols, lambda c: (d_out(c), padded)),
+        down_b,
+    )
+
+
+def mmproj_rules(mode: str, ffn: int | None = None, merger_ffn: int | None = None) -> tuple[Rule, ...]:
+    """The table for one downsample mode; 16x adds the window-attention merger.
+
+    ffn, merger_ffn: zero-pad the encoder's MLP width / the window merger's (4 x the MLP width) to
+    this many hidden units; None writes them as they are.
+    """
     D = lambda c: (c.hidden_size,)  # noqa: E731 - shape tables read better as lambdas
+    D1 = lambda c: c.hidden_size  # noqa: E731
+    D1x4 = lambda c: 4 * c.hidden_size  # noqa: E731
     DD = lambda c: (c.hidden_size, c.hidden_size)  # noqa: E731
     D4 = lambda c: (4 * c.hidden_size,)  # noqa: E731 - a 2x2 merge concatenates 4 tokens
     rules = [
@@ -58,8 +107,7 @@ def mmproj_rules(mode: str) -> tuple[Rule, ...]:
         *_linear(f"{BLK}.self_attn.v_proj", "v.blk.{bid}.attn_v", DD),
         *_linear(f"{BLK}.self_attn.out_proj", "v.blk.{bid}.attn_out", DD),
         *_norm(f"{BLK}.layer_norm2", "v.blk.{bid}.ln2", D),
-        *_linear(f"{BLK}.mlp.fc1", "v.blk.{bid}.ffn_up", lambda c: (c.intermediate_size, c.hidden_size)),
-        *_linear(f"{BLK}.mlp.fc2", "v.blk.{bid}.ffn_down", lambda c: (c.hidden_size, c.intermediate_size)),
+        *_mlp(f"{BLK}.mlp.fc1", f"{BLK}.mlp.fc2", "v.blk.{bid}.ffn", lambda c: c.intermediate_size, D1, D1, ffn),
         *_norm(f"{V}.post_layernorm", "v.post_ln", D),
         *_norm(f"{MERGER}.pre_norm", "mm.input_norm", D4),
         *_linear(f"{MERGER}.linear_1", "mm.up", lambda c: (4 * c.hidden_size, 4 * c.hidden_size)),
@@ -75,8 +123,15 @@ def mmproj_rules(mode: str) -> tuple[Rule, ...]:
             *_linear(f"{M}.self_attn.v_proj", "v.vit_merger.attn_v", DD),
             *_linear(f"{M}.self_attn.out_proj", "v.vit_merger.attn_out", DD),
             *_norm(f"{M}.pre_norm", "v.vit_merger.ds_ln", D4),
-            *_linear(f"{M}.linear_1", "v.vit_merger.ds_ffn_up", lambda c: (4 * c.intermediate_size, 4 * c.hidden_size)),
-            *_linear(f"{M}.linear_2", "v.vit_merger.ds_ffn_down", lambda c: (c.hidden_size, 4 * c.intermediate_size)),
+            *_mlp(
+                f"{M}.linear_1",
+                f"{M}.linear_2",
+                "v.vit_merger.ds_ffn",
+                lambda c: 4 * c.intermediate_size,
+                D1x4,
+                D1,
+                merger_ffn,
+            ),
         ]
     return tuple(rules)
 

@@ -32,7 +32,21 @@ from .workdir import BuildLock, check_out_dir, clean_partials, has_content, refu
 
 FLOAT_QUANTS = {"F32": "f32", "F16": "f16", "BF16": "bf16"}  # --quant values that need no quantizer
 LM_OUTTYPES = ("auto", "f32", "f16", "bf16")
-MMPROJ_OUTTYPES = ("auto", "f32", "f16", "bf16", "q8_0")
+MMPROJ_OUTTYPES = (
+    "auto",
+    "f32",
+    "f16",
+    "bf16",
+    "q8_0",
+    "q5_1",
+    "q5_0",
+    "q4_1",
+    "q4_0",
+    "iq4_nl",
+    "q6_k",
+    "q5_k",
+    "q4_k",
+)
 PACKAGE = "ollama"
 
 

@@ -37,6 +37,23 @@ LM_QUANT_LOWEST = (0.95, 0.0)  # 2 bits and below: only a broken file is caught
 #   these O(1) activations is barely above fp32 noise; bf16 keeps 8 bits, ~64x the f16 squared error.
 # - q8_0 stores 8-bit blocks of 32 with one scale and quantizes the activations to 8 bits too.
 MMPROJ = {"F32": (0.9999, 1e-5), "F16": (0.99999, 1e-5), "BF16": (0.999, 1e-3), "Q8_0": (0.995, 5e-3)}
+# Block types against the F32 mmproj (tests/test_mmproj_quant.py: MLP width 100, padded; both modes, one
+# chunk and seven), about 3-4x the worst NMSE measured: q6_k 0.99823 / 2.5e-3, q5_1 0.9878 / 1.7e-2,
+# q5_0 0.9873 / 1.7e-2, q5_k 0.9897 / 1.5e-2, q4_k 0.9687 / 3.8e-2, iq4_nl 0.9604 / 6.6e-2,
+# q4_1 0.9427 / 7.5e-2, q4_0 0.9477 / 7.7e-2. Random weights at width 64 are the hard case: on the trained
+# model's tower the same types cost far less (benchmarks/results/vision_quant.md).
+MMPROJ.update(
+    {
+        "Q6_K": (0.99, 1e-2),
+        "Q5_1": (0.95, 6e-2),
+        "Q5_0": (0.95, 6e-2),
+        "Q5_K": (0.95, 6e-2),
+        "Q4_K": (0.90, 0.15),
+        "IQ4_NL": (0.80, 0.25),
+        "Q4_1": (0.80, 0.25),
+        "Q4_0": (0.80, 0.25),
+    }
+)
 
 
 def lm_float_bounds(file_type: str) -> tuple[float, float]:
