@@ -310,3 +310,11 @@ def test_a_full_queue_is_503_with_retry_after():
     err, got = asyncio.run(scenario())
     assert err.status == 503 and err.headers() == {"Retry-After": "1"} and err.body()["error"]["code"] == 503
     assert got == ["done", "done"]
+
+
+def test_binding_beyond_loopback_needs_a_key_or_an_explicit_flag(serve_files):
+    from tests.helpers import run_cli
+
+    r = run_cli("serve", serve_files.lm, "--host", "0.0.0.0", "--port", "1")
+    assert r.returncode == 2 and "--api-key" in r.stderr and "--allow-insecure-bind" in r.stderr
+    assert "Traceback" not in r.stderr
