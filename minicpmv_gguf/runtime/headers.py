@@ -14,9 +14,9 @@ from typing import Any
 
 from ..errors import GGUFError, ModelLoadError
 from ..gguf_io import ArraySummary, GGUFHeader, check_gguf_complete
-from ..spec import LM_ARCH, MODE_BY_SCALE, POSITION_GRID, PROJECTOR
+from ..spec import LM_ARCH, MODE_BY_SCALE, PROJECTOR
+from .tensors import LM_USER, MMPROJ_USER, lm_problems, mmproj_problems, summary
 
-_POSITION_ROWS = POSITION_GRID * POSITION_GRID
 _ARRAY_HEAD = 4096  # array items kept from the header: all of an mmproj's (mean, std, layer indexes)
 _U32 = ("UINT32",)
 # Keys clip.cpp reads with typed getters that GGML_ASSERT the stored type (spec: llamacpp-spec §2.1).
@@ -103,7 +103,7 @@ def read_lm_header(path: Path) -> LMHeader:
     Raises:
         ModelLoadError: missing, unreadable, corrupt, an mmproj, another architecture, or no chat template.
     """
-    header = _open(path, "LM")
+    header = _open(path, "LM", _ARRAY_HEAD)
     arch = _architecture(header)
     if arch == "clip":
         raise ModelLoadError(f"{path}: this is an mmproj GGUF where the LM GGUF was expected")
@@ -117,6 +117,8 @@ def read_lm_header(path: Path) -> LMHeader:
         raise ModelLoadError(
             f"{path}: no tokenizer.chat_template; convert the checkpoint again with `minicpmv-gguf convert`"
         )
+    if problems := lm_problems(header):
+        raise ModelLoadError(f"{path}: {len(problems)} problem(s) for {LM_USER}: {summary(problems)}")
     return LMHeader(
         Path(path),
         n_embd,
@@ -147,7 +149,8 @@ def read_mmproj_header(path: Path) -> MmprojHeader:
         raise ModelLoadError(
             f"{path}: clip.vision.projector.scale_factor is {scale}; libmtmd accepts 4 (16x) or 2 (4x)"
         )
-    _check_tensors(header, path)
+    if problems := mmproj_problems(header, MODE_BY_SCALE[scale]):
+        raise ModelLoadError(f"{path}: {len(problems)} problem(s) for {MMPROJ_USER}: {summary(problems)}")
     return MmprojHeader(
         Path(path),
         MODE_BY_SCALE[scale],
@@ -170,23 +173,6 @@ def _check_types(header: GGUFHeader, path: Path) -> None:
     for i in _value(header, "clip.vision.wa_layer_indexes") or []:
         if not 0 <= i < n_layer:
             raise ModelLoadError(f"{path}: clip.vision.wa_layer_indexes holds {i}, outside 0..{n_layer - 1}")
-
-
-def _check_tensors(header: GGUFHeader, path: Path) -> None:
-    """The shapes clip.cpp relies on: the merger's output width and the 70x70 position table."""
-    shapes = {t.name: t.shape for t in header.tensors}  # torch order
-    down, pos = shapes.get("mm.down.weight"), shapes.get("v.position_embd.weight")
-    width = _value(header, "clip.vision.projection_dim")
-    if down is None or pos is None:
-        missing = "mm.down.weight" if down is None else "v.position_embd.weight"
-        raise ModelLoadError(f"{path}: the mmproj has no {missing} tensor")
-    if down[0] != width:
-        raise ModelLoadError(f"{path}: mm.down.weight gives {down[0]}-wide embeddings but projection_dim is {width}")
-    if pos[0] != _POSITION_ROWS:
-        raise ModelLoadError(
-            f"{path}: v.position_embd.weight has {pos[0]} rows; "
-            f"libmtmd needs {POSITION_GRID}x{POSITION_GRID} = {_POSITION_ROWS}"
-        )
 
 
 def check_pair(lm: LMHeader, mmproj: MmprojHeader) -> None:
