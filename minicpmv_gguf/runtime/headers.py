@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GGUFError, ModelLoadError
-from ..gguf_io import ArraySummary, GGUFHeader, check_gguf_complete
+from ..gguf_io import ArraySummary, GGUFHeader, check_gguf_complete, read_strings
 from ..spec import LM_ARCH, MODE_BY_SCALE, PROJECTOR
+from .prompt import template_problem
 from .tensors import LM_USER, MMPROJ_USER, lm_problems, mmproj_problems, summary
 
 _ARRAY_HEAD = 4096  # array items kept from the header: all of an mmproj's (mean, std, layer indexes)
@@ -31,12 +32,16 @@ _CLIP_TYPES = {
     "clip.vision.attention.layer_norm_epsilon": ("FLOAT32",),
     "clip.has_vision_encoder": ("BOOL",),
 }
+# Optional keys clip.cpp reads with the same asserting getters (general.* are printed when loading).
+_CLIP_STRINGS = ("general.name", "general.description", "clip.vision.mm_patch_merge_type", "clip.vision.projector_type")
 _CLIP_OPTIONAL_TYPES = {
     "clip.vision.projector.scale_factor": _U32,
     "clip.use_gelu": ("BOOL",),
     "clip.vision.image_mean": ("ARRAY", "FLOAT32"),
     "clip.vision.image_std": ("ARRAY", "FLOAT32"),
     "clip.vision.wa_layer_indexes": ("ARRAY", "INT32"),
+    "clip.use_silu": ("BOOL",),
+    **{key: ("STRING",) for key in _CLIP_STRINGS},
 }
 
 
@@ -117,7 +122,15 @@ def read_lm_header(path: Path) -> LMHeader:
         raise ModelLoadError(
             f"{path}: no tokenizer.chat_template; convert the checkpoint again with `minicpmv-gguf convert`"
         )
-    if problems := lm_problems(header):
+    tokens = header.kvs.get("tokenizer.ggml.tokens")
+    tokens = (
+        read_strings(path, tokens, header.data_offset)
+        if _types(header, "tokenizer.ggml.tokens") == ("ARRAY", "STRING")
+        else []
+    )
+    if problem := template_problem(template):
+        raise ModelLoadError(f"{path}: tokenizer.chat_template {problem}")
+    if problems := lm_problems(header, tokens):
         raise ModelLoadError(f"{path}: {len(problems)} problem(s) for {LM_USER}: {summary(problems)}")
     return LMHeader(
         Path(path),

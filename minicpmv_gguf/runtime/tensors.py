@@ -17,6 +17,7 @@ from ..tensor_check import tensor_problems
 
 MMPROJ_USER = "libmtmd's minicpmv4_6 graph"
 LM_USER = "llama.cpp's qwen35 loader"
+NEWLINE = "Ċ".encode()  # "\n" as byte-level BPE spells it
 _MAX_DIM = 1 << 20  # no width of this model family comes near; beyond it a flipped bit, not a model
 
 
@@ -119,7 +120,9 @@ def _layer_types(header: GGUFHeader, n_layer: int, problems: list[str]) -> tuple
     flags = _array(header, f"{LM_ARCH}.attention.recurrent_layers")
     if flags is not None:
         if flags.length != n_layer or len(flags.head) != n_layer or flags.type != "BOOL":
-            problems.append(f"{LM_ARCH}.attention.recurrent_layers: {flags.length} {flags.type} values for {n_layer} blocks")
+            problems.append(
+                f"{LM_ARCH}.attention.recurrent_layers: {flags.length} {flags.type} values for {n_layer} blocks"
+            )
             return ("full_attention",) * n_layer
         recurrent = list(flags.head)
     else:
@@ -128,9 +131,32 @@ def _layer_types(header: GGUFHeader, n_layer: int, problems: list[str]) -> tuple
     return tuple("linear_attention" if r else "full_attention" for r in recurrent)
 
 
-def lm_problems(header: GGUFHeader) -> list[str]:
-    """What in an LM header (read with its arrays) llama.cpp's qwen35 loader would refuse or its graph abort on."""
-    problems: list[str] = []
+def vocab_problems(header: GGUFHeader, tokens: list[bytes]) -> list[str]:
+    """What in the vocabulary llama.cpp's BPE loader asserts on (it aborts instead of refusing)."""
+    if (model := header.kvs.get("tokenizer.ggml.model")) != "gpt2":
+        return [f"tokenizer.ggml.model: {model!r}, expected 'gpt2' (byte-level BPE)"]
+    problems = []
+    first: dict[bytes, int] = {}
+    for i, token in enumerate(tokens):
+        if token in first:
+            problems.append(f"tokenizer.ggml.tokens: token {i} repeats token {first[token]} ({token[:40]!r})")
+            break
+        first[token] = i
+    if NEWLINE not in first:
+        problems.append("tokenizer.ggml.tokens: no newline token ('Ċ'), which llama.cpp requires")
+    for key in ("tokenizer.ggml.token_type", "tokenizer.ggml.scores"):
+        if (arr := header.kvs.get(key)) is not None and (
+            not isinstance(arr, ArraySummary) or arr.length != len(tokens)
+        ):
+            length = arr.length if isinstance(arr, ArraySummary) else "not an array"
+            problems.append(f"{key}: {length} values for {len(tokens)} tokens")
+    return problems
+
+
+def lm_problems(header: GGUFHeader, tokens: list[bytes] = ()) -> list[str]:
+    """What in an LM header (read with its arrays) and its `tokens` llama.cpp's qwen35 loader would refuse
+    or its graph abort on."""
+    problems = vocab_problems(header, list(tokens))
     c = text_config(header, problems)
     if problems:
         return problems
