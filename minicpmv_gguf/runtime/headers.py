@@ -131,7 +131,7 @@ def read_lm_header(path: Path) -> LMHeader:
     if problem := template_problem(template):
         raise ModelLoadError(f"{path}: tokenizer.chat_template {problem}")
     if problems := lm_problems(header, tokens):
-        raise ModelLoadError(f"{path}: {len(problems)} problem(s) for {LM_USER}: {summary(problems)}")
+        raise _refused(path, LM_USER, problems)
     return LMHeader(
         Path(path),
         n_embd,
@@ -163,7 +163,7 @@ def read_mmproj_header(path: Path) -> MmprojHeader:
             f"{path}: clip.vision.projector.scale_factor is {scale}; libmtmd accepts 4 (16x) or 2 (4x)"
         )
     if problems := mmproj_problems(header, MODE_BY_SCALE[scale]):
-        raise ModelLoadError(f"{path}: {len(problems)} problem(s) for {MMPROJ_USER}: {summary(problems)}")
+        raise _refused(path, MMPROJ_USER, problems)
     return MmprojHeader(
         Path(path),
         MODE_BY_SCALE[scale],
@@ -186,6 +186,29 @@ def _check_types(header: GGUFHeader, path: Path) -> None:
     for i in _value(header, "clip.vision.wa_layer_indexes") or []:
         if not 0 <= i < n_layer:
             raise ModelLoadError(f"{path}: clip.vision.wa_layer_indexes holds {i}, outside 0..{n_layer - 1}")
+
+
+def _refused(path: Path, user: str, problems: list[str]) -> ModelLoadError:
+    """One error naming the file and listing every problem; `.problems` keeps them apart (inspect lists them)."""
+    err = ModelLoadError(f"{path}: {len(problems)} problem(s) for {user}: {summary(problems)}")
+    err.problems = problems
+    return err
+
+
+def gguf_problems(path: Path) -> list[str]:
+    """What keeps a MiniCPM-V 4.6 LM or mmproj GGUF from loading (the checks `open_model` makes), or [].
+
+    Files of other architectures are not this toolkit's to judge: [] as well.
+    """
+    try:
+        arch = _architecture(_open(Path(path), "GGUF"))
+        if arch == LM_ARCH:
+            read_lm_header(path)
+        elif arch == "clip":
+            read_mmproj_header(path)
+    except ModelLoadError as err:
+        return getattr(err, "problems", None) or [str(err).removeprefix(f"{path}: ")]
+    return []
 
 
 def check_pair(lm: LMHeader, mmproj: MmprojHeader) -> None:
