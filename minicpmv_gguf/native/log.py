@@ -25,7 +25,7 @@ _installed: list = []  # the ctypes callback: it must stay alive as long as the 
 # Words of a line that reports a failure (llama.cpp has no error codes in its messages).
 _FAILURE = re.compile(r"error|fail|invalid|unable|missing", re.IGNORECASE)
 # The loader's own reason (the tensor, key or shape), ahead of the generic "failed to load model" lines.
-_SPECIFIC = re.compile(r"error loading model|tensor '|key '|wrong (shape|type)")
+_SPECIFIC = re.compile(r"tensor '|key '|wrong (shape|type|number)")
 _PREFIX = re.compile(r"^\w+: (error loading model: )?")  # "llama_model_load: error loading model: ..."
 
 
