@@ -122,12 +122,9 @@ def read_lm_header(path: Path) -> LMHeader:
         raise ModelLoadError(
             f"{path}: no tokenizer.chat_template; convert the checkpoint again with `minicpmv-gguf convert`"
         )
-    tokens = header.kvs.get("tokenizer.ggml.tokens")
-    tokens = (
-        read_strings(path, tokens, header.data_offset)
-        if _types(header, "tokenizer.ggml.tokens") == ("ARRAY", "STRING")
-        else []
-    )
+    tokens = header.kvs.get("tokenizer.ggml.tokens")  # a key renamed by damage is simply absent
+    ok = isinstance(tokens, ArraySummary) and tokens.type == "STRING"
+    tokens = read_strings(path, tokens, header.data_offset) if ok else []
     if problem := template_problem(template):
         raise ModelLoadError(f"{path}: tokenizer.chat_template {problem}")
     if problems := lm_problems(header, tokens):

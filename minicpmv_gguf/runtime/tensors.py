@@ -88,8 +88,6 @@ def text_config(header: GGUFHeader, problems: list[str]) -> TextConfig:
     if get("rope.dimension_count", head_k) > head_k:
         problems.append(f"{LM_ARCH}.rope.dimension_count: more than the head width {head_k}")
     tokens = _array(header, "tokenizer.ggml.tokens")
-    if tokens is None or not tokens.length:
-        problems.append("tokenizer.ggml.tokens: missing")
     return TextConfig(
         hidden_size=width,
         intermediate_size=get("feed_forward_length"),
@@ -135,6 +133,8 @@ def vocab_problems(header: GGUFHeader, tokens: list[bytes]) -> list[str]:
     """What in the vocabulary llama.cpp's BPE loader asserts on (it aborts instead of refusing)."""
     if (model := header.kvs.get("tokenizer.ggml.model")) != "gpt2":
         return [f"tokenizer.ggml.model: {model!r}, expected 'gpt2' (byte-level BPE)"]
+    if not tokens:
+        return ["tokenizer.ggml.tokens: missing, or not an array of strings"]
     problems = []
     first: dict[bytes, int] = {}
     for i, token in enumerate(tokens):
