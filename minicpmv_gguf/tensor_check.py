@@ -51,7 +51,7 @@ def tensor_problems(tensors: list[TensorInfo], expected: dict[str, Expected], us
 
     `user` names what would use them ("libmtmd's minicpmv4_6 graph") for unknown tensors.
     """
-    problems = [f"{name}: stored {n} times" for name, n in Counter(t.name for t in tensors).items() if n > 1]
+    problems = [f"{_name(name)}: stored {n} times" for name, n in Counter(t.name for t in tensors).items() if n > 1]
     seen = set()
     for t in tensors:
         if t.name in seen:
@@ -59,7 +59,7 @@ def tensor_problems(tensors: list[TensorInfo], expected: dict[str, Expected], us
         seen.add(t.name)
         want = expected.get(t.name)
         if want is None:
-            problems.append(f"{t.name}: unknown tensor ({user} has none of that name)")
+            problems.append(f"{_name(t.name)}: unknown tensor ({user} has none of that name)")
         elif t.shape != want.shape:
             problems.append(f"{t.name}: shape {_dims(t.shape)}, expected {_dims(want.shape)}")
         elif (problem := _type_problem(t, want)) is not None:
@@ -77,6 +77,11 @@ def _type_problem(t: TensorInfo, want: Expected) -> str | None:
     if block > 1 and t.shape and t.shape[-1] % block:
         return f"type {t.ggml_type} needs rows of a multiple of {block} values, the rows have {t.shape[-1]}"
     return None
+
+
+def _name(name: str) -> str:
+    """A tensor name as read, quoted when damage put a newline or another control character in it."""
+    return name if name.isprintable() else repr(name)
 
 
 def _dims(shape: tuple[int, ...]) -> str:

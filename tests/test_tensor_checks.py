@@ -173,6 +173,8 @@ def test_tensor_problems_by_value():
         "z: unknown tensor (X has none of that name)",
     ]
     assert tensor_problems([info("b", "F32", (4,))], expected, "X") == ["a: missing"]
+    damaged = tensor_problems([info("b\n", "F32", (4,))], expected, "X")[0]
+    assert damaged == "'b\\n': unknown tensor (X has none of that name)"
 
 
 def test_ollama_check_refuses_a_modelfile_with_a_bad_mmproj(files):
