@@ -331,7 +331,8 @@ def campaign(
             tally.refused += 1
             if "\n" in message or str(target) not in message:
                 tally.bad_messages.append(label)
-            tally.reasons[message.replace(f"{target}: ", "")[:60]] += 1
+            reason = message.replace(f"{target}: ", "")[:60]
+            tally.reasons["".join(ch if ch.isprintable() else "?" for ch in reason)] += 1
         else:
             getattr(tally, {"signal": "signalled", "error": "other_errors", "hung": "hung"}[outcome]).append(label)
             if keep is not None:
