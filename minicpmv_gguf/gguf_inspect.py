@@ -7,7 +7,7 @@ full-size LM (a 248k-entry vocabulary) is summarised in well under a second.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class GGUFSummary:
     path: Path
     file_size: int
     header: GGUFHeader
+    problems: list[str] = field(default_factory=list)  # why the runtime would refuse it (its LM/mmproj checks)
 
     @property
     def by_type(self) -> list[TypeRow]:
@@ -90,6 +91,9 @@ class GGUFSummary:
             f"  {'total':<8} {len(h.tensors):>8,} {n_params:>15,} {_mb(sum(r.n_bytes for r in rows)):>11} "
             f"{8 * total / max(n_params, 1):>5.2f} bits per weight"
         )
+        if self.problems:
+            lines += ["", f"problems ({len(self.problems)}: the runtime refuses this file)"]
+            lines += [f"  {p}" for p in self.problems]
         if tensors:
             name_width = max((len(t.name) for t in h.tensors), default=0)
             lines += ["", "tensors"]
@@ -107,8 +111,10 @@ def inspect_gguf(path: Path, *, array_head: int = 6) -> GGUFSummary:
         GGUFError: missing, truncated, or not a GGUF file.
     """
     path = Path(path)
+    from .runtime.headers import gguf_problems  # the runtime's checks, for this toolkit's own two kinds
+
     header = read_gguf_header(path, array_head=array_head)
-    return GGUFSummary(path, path.stat().st_size, header)
+    return GGUFSummary(path, path.stat().st_size, header, gguf_problems(path))
 
 
 def _format_value(key: str, value: Any) -> str:

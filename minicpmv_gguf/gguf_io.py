@@ -195,6 +195,7 @@ class ArraySummary:
     type: str  # GGUFValueType name of the elements, e.g. "STRING", "INT32", "ARRAY"
     length: int
     head: tuple
+    offset: int = field(default=0, compare=False)  # where the first item starts in the file
 
 
 @dataclass(frozen=True)
@@ -298,7 +299,7 @@ def _checked(n: int, limit: int) -> int:
 def _skip_array(f: BinaryIO, limit: int, keep: int = 0) -> ArraySummary | None:
     """Skip an array value; with keep > 0, return its type, length and first `keep` items."""
     vtype, n = _read(f, "<I"), _checked(_read(f, "<Q"), limit)
-    head: list = []
+    offset, head = f.tell(), []
     if vtype in _GGUF_SCALARS:
         size = struct.calcsize(_GGUF_SCALARS[vtype])
         k = min(n, keep)
@@ -317,4 +318,20 @@ def _skip_array(f: BinaryIO, limit: int, keep: int = 0) -> ArraySummary | None:
                 head.append(sub)
     else:
         raise ValueError(f"unknown GGUF value type {vtype}")
-    return ArraySummary(GGUFValueType(vtype).name, n, tuple(head)) if keep else None
+    return ArraySummary(GGUFValueType(vtype).name, n, tuple(head), offset) if keep else None
+
+
+def read_strings(path: Path, array: ArraySummary, end: int) -> list[bytes]:
+    """Every item of a string array that `read_gguf_header` summarised (`end`: its header's data_offset).
+
+    One read and a loop over lengths: for a 248k-token vocabulary far faster than gguf-py's reader.
+    """
+    with open(path, "rb") as f:
+        f.seek(array.offset)
+        blob = f.read(end - array.offset)
+    items, pos = [], 0
+    for _ in range(array.length):
+        n = int.from_bytes(blob[pos : pos + 8], "little")
+        items.append(blob[pos + 8 : pos + 8 + n])
+        pos += 8 + n
+    return items

@@ -37,7 +37,7 @@ def test_padded_width():
 
 def test_mlp_widths_pad_only_when_the_block_needs_it():
     assert mlp_widths(4304, 1) == (4304, 17216)  # float types: as they are
-    assert mlp_widths(4304, 32) == (4320, 17216)  # the merger's 4 x 4304 is already whole blocks of 32
+    assert mlp_widths(4304, 32) == (4320, 17280)  # the merger stays 4 x the encoder's (what the header implies)
     assert mlp_widths(4304, 256) == (4352, 17408)
     assert mlp_widths(128, 32) == (128, 512)
 
@@ -112,8 +112,8 @@ def test_padded_shapes_and_key(mmproj, mode):
     assert t["v.blk.0.ffn_up.weight"].shape == (128, 64) and t["v.blk.0.ffn_up.bias"].shape == (128,)
     assert t["v.blk.0.ffn_down.weight"].shape == (64, 128) and t["v.blk.0.ffn_down.bias"].shape == (64,)
     if mode == "16x":
-        assert t["v.vit_merger.ds_ffn_up.weight"].shape == (416, 256)
-        assert t["v.vit_merger.ds_ffn_down.weight"].shape == (64, 416)
+        assert t["v.vit_merger.ds_ffn_up.weight"].shape == (512, 256)  # 4 x the padded width
+        assert t["v.vit_merger.ds_ffn_down.weight"].shape == (64, 512)
     assert read_metadata(mmproj(mode, "f32"))[0]["clip.vision.feed_forward_length"] == 100  # no type, no pad
 
 
@@ -203,3 +203,11 @@ def test_ckpt100_copy_is_untouched(ckpt100, tmp_path):
     copy = shutil.copytree(ckpt100, tmp_path / "c")
     plan = plan_mmproj(copy, outtype="q4_0")
     assert plan.ffn_width == 128 and plan.vision.intermediate_size == 100
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_padded_block_type_mmproj_passes_the_crash_checks(mmproj, mode):
+    # The checks derive every expected shape from the header; a padded file must satisfy them.
+    from minicpmv_gguf.runtime.headers import gguf_problems
+
+    assert gguf_problems(mmproj(mode, "q8_0")) == []

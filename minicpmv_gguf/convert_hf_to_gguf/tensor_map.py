@@ -7,6 +7,7 @@ One Rule per tensor kind, `{bid}` for the block index; expected shapes come from
 from __future__ import annotations
 
 from ..checkpoint import TextConfig
+from ..tensor_check import Expected, expected_from_rules
 from ..tensor_plan import Rule
 from .transforms import add_one, chain, neg_exp, squeeze_conv1d, v_head_reorders
 
@@ -129,3 +130,9 @@ def lm_rules(c: TextConfig) -> tuple[Rule, ...]:
             layers=lin,
         ),
     )
+
+
+def expected_lm_tensors(c: TextConfig) -> dict[str, Expected]:
+    """The tensors llama.cpp's qwen35 loader builds for these hyperparameters: exactly what this table writes."""
+    kinds = tuple(c.layer_types)
+    return expected_from_rules(lm_rules(c), c, kinds)

@@ -138,7 +138,9 @@ def mlp_widths(intermediate: int, block: int) -> tuple[int, int]:
     The type's block: 1 for float types (no padding), 32, or 256 for a k-quant, so that ffn_down (whose
     rows are the MLP width) takes the k-quant itself rather than its fallback.
     """
-    return padded_width(intermediate, block), padded_width(4 * intermediate, block)
+    # The merger's MLP stays 4 x the encoder's, padded or not: the crash checks derive it from the header's width.
+    width = padded_width(intermediate, block)
+    return width, 4 * width
 
 
 def check_block_rows(planned: list[PlannedTensor], out_type: Q, where: Path) -> None:

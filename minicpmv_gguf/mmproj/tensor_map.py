@@ -14,7 +14,9 @@ from functools import partial
 
 import numpy as np
 
+from ..tensor_check import Expected, expected_from_rules
 from ..tensor_plan import Rule, Shape
+from .config import VisionConfig
 
 V = "model.vision_tower"
 BLK = V + ".encoder.layers.{bid}"
@@ -138,3 +140,8 @@ def mmproj_rules(mode: str, ffn: int | None = None, merger_ffn: int | None = Non
 
 def mmproj_skip_prefixes(mode: str) -> tuple[str, ...]:
     return SKIP_PREFIXES + (SKIP_4X if mode == "4x" else ())
+
+
+def expected_mmproj_tensors(c: VisionConfig, mode: str) -> dict[str, Expected]:
+    """The tensors libmtmd's minicpmv4_6 loader and graph use for one mode: exactly what this table writes."""
+    return expected_from_rules(mmproj_rules(mode), c, ("all",) * c.num_hidden_layers)

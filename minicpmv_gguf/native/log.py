@@ -24,6 +24,8 @@ _installed: list = []  # the ctypes callback: it must stay alive as long as the 
 
 # Words of a line that reports a failure (llama.cpp has no error codes in its messages).
 _FAILURE = re.compile(r"error|fail|invalid|unable|missing", re.IGNORECASE)
+# The loader's own reason (the tensor, key or shape), ahead of the generic "failed to load model" lines.
+_SPECIFIC = re.compile(r"tensor '|key '|wrong (shape|type|number)")
 _PREFIX = re.compile(r"^\w+: (error loading model: )?")  # "llama_model_load: error loading model: ..."
 
 
@@ -74,7 +76,8 @@ def capture_log(on_line: Callable[[str], None] | None = None) -> Iterator[list[s
 def failure_reason(lines: list[str]) -> str:
     """The first line that reports a failure (later ones only repeat that the call failed), minus its
     `function: ` prefix; else the last line; for one-line error messages."""
-    lines = [line.strip() for line in lines if line.strip()]
+    lines = [" ".join(line.split()) for line in lines if line.strip()]  # llama.cpp pads shapes with runs of spaces
+    specific = [line for line in lines if _SPECIFIC.search(line)]
     failures = [line for line in lines if _FAILURE.search(line)]
-    line = (failures or lines[-1:] or ["no message from llama.cpp"])[0]
+    line = (specific or failures or lines[-1:] or ["no message from llama.cpp"])[0]
     return _PREFIX.sub("", line)

@@ -15,6 +15,8 @@ from typing import Any
 
 from ..errors import GGUFError, OllamaError
 from ..gguf_io import check_gguf_complete
+from ..runtime.headers import gguf_problems
+from ..runtime.tensors import summary
 
 INSTRUCTIONS = (
     "from",
@@ -332,6 +334,10 @@ def _classify_from(c: Command, path: Path, found: list[tuple[int, GGUFKind]]) ->
             found.append((c.line, classify_gguf(file)))
         except GGUFError as err:
             problems.append(Problem(c.line, f"FROM {c.value}: {err}"))
+            continue
+        # The runtime's own checks: a file libmtmd or llama.cpp would crash on crashes Ollama's runner too.
+        if bad := gguf_problems(file):
+            problems.append(Problem(c.line, f"FROM {c.value}: {file.name}: {summary(bad)}"))
     return problems
 
 

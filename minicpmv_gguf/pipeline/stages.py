@@ -22,6 +22,7 @@ from ..mmproj import MODES, plan_mmproj, write_mmproj
 from ..ollama import DEFAULT_NAME, package_ollama
 from ..ollama.modelfile import _NAME as OLLAMA_NAME
 from ..quantize.quantize import NEEDS_IMATRIX, resolve_type
+from ..runtime.headers import gguf_problems
 from . import manifest as mf
 from .progress import Progress, StageLog
 from .quantize_proc import quantize_in_child
@@ -378,6 +379,8 @@ class _Run:
                 if not (path.exists() and target.exists() and path.samefile(target)):
                     return False
             elif not mf.matches(path, record, progress):
+                return False
+            elif path.suffix == ".gguf" and gguf_problems(path):  # intact but unusable: redo the stage
                 return False
         return True
 

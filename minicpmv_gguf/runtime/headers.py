@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GGUFError, ModelLoadError
-from ..gguf_io import ArraySummary, GGUFHeader, check_gguf_complete
-from ..spec import LM_ARCH, MODE_BY_SCALE, POSITION_GRID, PROJECTOR
+from ..gguf_io import ArraySummary, GGUFHeader, check_gguf_complete, read_strings
+from ..spec import LM_ARCH, MODE_BY_SCALE, PROJECTOR
+from .prompt import template_problem
+from .tensors import LM_USER, MMPROJ_USER, lm_problems, mmproj_problems, summary
 
-_POSITION_ROWS = POSITION_GRID * POSITION_GRID
 _ARRAY_HEAD = 4096  # array items kept from the header: all of an mmproj's (mean, std, layer indexes)
 _U32 = ("UINT32",)
 # Keys clip.cpp reads with typed getters that GGML_ASSERT the stored type (spec: llamacpp-spec §2.1).
@@ -31,12 +32,16 @@ _CLIP_TYPES = {
     "clip.vision.attention.layer_norm_epsilon": ("FLOAT32",),
     "clip.has_vision_encoder": ("BOOL",),
 }
+# Optional keys clip.cpp reads with the same asserting getters (general.* are printed when loading).
+_CLIP_STRINGS = ("general.name", "general.description", "clip.vision.mm_patch_merge_type", "clip.vision.projector_type")
 _CLIP_OPTIONAL_TYPES = {
     "clip.vision.projector.scale_factor": _U32,
     "clip.use_gelu": ("BOOL",),
     "clip.vision.image_mean": ("ARRAY", "FLOAT32"),
     "clip.vision.image_std": ("ARRAY", "FLOAT32"),
     "clip.vision.wa_layer_indexes": ("ARRAY", "INT32"),
+    "clip.use_silu": ("BOOL",),
+    **{key: ("STRING",) for key in _CLIP_STRINGS},
 }
 
 
@@ -103,7 +108,7 @@ def read_lm_header(path: Path) -> LMHeader:
     Raises:
         ModelLoadError: missing, unreadable, corrupt, an mmproj, another architecture, or no chat template.
     """
-    header = _open(path, "LM")
+    header = _open(path, "LM", _ARRAY_HEAD)
     arch = _architecture(header)
     if arch == "clip":
         raise ModelLoadError(f"{path}: this is an mmproj GGUF where the LM GGUF was expected")
@@ -117,6 +122,13 @@ def read_lm_header(path: Path) -> LMHeader:
         raise ModelLoadError(
             f"{path}: no tokenizer.chat_template; convert the checkpoint again with `minicpmv-gguf convert`"
         )
+    tokens = header.kvs.get("tokenizer.ggml.tokens")  # a key renamed by damage is simply absent
+    ok = isinstance(tokens, ArraySummary) and tokens.type == "STRING"
+    tokens = read_strings(path, tokens, header.data_offset) if ok else []
+    if problem := template_problem(template):
+        raise ModelLoadError(f"{path}: tokenizer.chat_template {problem}")
+    if problems := lm_problems(header, tokens):
+        raise _refused(path, LM_USER, problems)
     return LMHeader(
         Path(path),
         n_embd,
@@ -147,7 +159,8 @@ def read_mmproj_header(path: Path) -> MmprojHeader:
         raise ModelLoadError(
             f"{path}: clip.vision.projector.scale_factor is {scale}; libmtmd accepts 4 (16x) or 2 (4x)"
         )
-    _check_tensors(header, path)
+    if problems := mmproj_problems(header, MODE_BY_SCALE[scale]):
+        raise _refused(path, MMPROJ_USER, problems)
     return MmprojHeader(
         Path(path),
         MODE_BY_SCALE[scale],
@@ -172,21 +185,27 @@ def _check_types(header: GGUFHeader, path: Path) -> None:
             raise ModelLoadError(f"{path}: clip.vision.wa_layer_indexes holds {i}, outside 0..{n_layer - 1}")
 
 
-def _check_tensors(header: GGUFHeader, path: Path) -> None:
-    """The shapes clip.cpp relies on: the merger's output width and the 70x70 position table."""
-    shapes = {t.name: t.shape for t in header.tensors}  # torch order
-    down, pos = shapes.get("mm.down.weight"), shapes.get("v.position_embd.weight")
-    width = _value(header, "clip.vision.projection_dim")
-    if down is None or pos is None:
-        missing = "mm.down.weight" if down is None else "v.position_embd.weight"
-        raise ModelLoadError(f"{path}: the mmproj has no {missing} tensor")
-    if down[0] != width:
-        raise ModelLoadError(f"{path}: mm.down.weight gives {down[0]}-wide embeddings but projection_dim is {width}")
-    if pos[0] != _POSITION_ROWS:
-        raise ModelLoadError(
-            f"{path}: v.position_embd.weight has {pos[0]} rows; "
-            f"libmtmd needs {POSITION_GRID}x{POSITION_GRID} = {_POSITION_ROWS}"
-        )
+def _refused(path: Path, user: str, problems: list[str]) -> ModelLoadError:
+    """One error naming the file and listing every problem; `.problems` keeps them apart (inspect lists them)."""
+    err = ModelLoadError(f"{path}: {len(problems)} problem(s) for {user}: {summary(problems)}")
+    err.problems = problems
+    return err
+
+
+def gguf_problems(path: Path) -> list[str]:
+    """What keeps a MiniCPM-V 4.6 LM or mmproj GGUF from loading (the checks `open_model` makes), or [].
+
+    Files of other architectures are not this toolkit's to judge: [] as well.
+    """
+    try:
+        arch = _architecture(_open(Path(path), "GGUF"))
+        if arch == LM_ARCH:
+            read_lm_header(path)
+        elif arch == "clip":
+            read_mmproj_header(path)
+    except ModelLoadError as err:
+        return getattr(err, "problems", None) or [str(err).removeprefix(f"{path}: ")]
+    return []
 
 
 def check_pair(lm: LMHeader, mmproj: MmprojHeader) -> None:

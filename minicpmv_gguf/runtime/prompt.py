@@ -100,6 +100,24 @@ class ChatTemplate:
         return text[: text.index(_SENTINELS[1])]
 
 
+def template_problem(source: str) -> str | None:
+    """Why a GGUF's chat template cannot render a plain conversation (an image, a question, a reply), or None.
+
+    Checked when the LM is opened, so that a damaged template is refused by file, not at the first turn.
+    """
+    from jinja2.exceptions import TemplateError
+
+    messages = [user_message("Hi", 1, False), {"role": "assistant", "content": "Hello"}, user_message("Hi", 0, False)]
+    try:
+        for thinking in (False, True):
+            ChatTemplate(source).render(messages, enable_thinking=thinking)
+    except InputError as err:
+        return f"cannot render a plain conversation: {err.__cause__ or err}"
+    except TemplateError as err:  # a syntax error, raised when compiling
+        return f"is not a valid Jinja template: {err}"
+    return None
+
+
 def user_message(text: str, n_images: int, has_video: bool) -> Message:
     """A user turn: images first, then the video, then the text (the model card's order)."""
     content: list[dict[str, str]] = [{"type": "image"} for _ in range(n_images)]
