@@ -70,6 +70,7 @@ def cli(verbose: bool) -> None:
         minicpmv-gguf build ./MiniCPM-V-4_6 -o minicpmv46
         minicpmv-gguf run minicpmv46/ --image cat.jpg -p "What is it?"
         minicpmv-gguf chat minicpmv46/
+        minicpmv-gguf serve minicpmv46/     # OpenAI-compatible API, and a chat page at http://127.0.0.1:8080/
         ollama create minicpm-v4.6 -f minicpmv46/ollama/Modelfile
 
     Each step alone: convert (LM), mmproj (vision), lora (adapter GGUF), quantize, imatrix, eval, ollama, verify,
