@@ -144,7 +144,11 @@ def create_app(settings: Settings):
         except BaseException:
             ticket.cancel.set()
             raise
-        reply = _Reply(task, job, on_done=lambda content: worker.when_idle(lambda: engine.warm(job, content)))
+        reply = _Reply(
+            task,
+            job,
+            on_done=lambda content: worker.when_idle(lambda: engine.warm(job, content, wanted=worker.has_waiting)),
+        )
         if task.stream:
             return StreamingResponse(
                 _sse(reply, ticket, first), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ..errors import InputError
@@ -24,6 +24,8 @@ from ..runtime.sampling import Sampler, Sampling, TextStream
 from ..runtime.units import ImageSpan, Key, Prompt, TextRun, Unit, picture_layout
 from .caches import ByteLRU, EncodedImage, StateCache
 from .textflow import StopFilter
+
+_WARM_BATCH = 32  # tokens evaluated between checks for a waiting request during spare-time work
 
 
 @dataclass(frozen=True)
@@ -231,9 +233,13 @@ class Engine:
         )
         yield Finish(reason, usage)
 
-    def warm(self, job: Job, reply: str) -> int:
+    def warm(self, job: Job, reply: str, *, wanted: Callable[[], bool] = lambda: False) -> int:
         """Evaluate the reply as the next request will render it (history, then the next user turn's opening)
-        and snapshot it, so that a resent conversation costs only its new message; returns positions added."""
+        and snapshot it, so that a resent conversation costs only its new message; returns positions added.
+
+        Spare-time work: it stops between small batches as soon as `wanted()` (a request is waiting), and
+        it does nothing when the text after the last snapshot holds an image (then a request would wait long).
+        """
         with self._lock:
             text = self.template.next_turn_prefix(job.messages, reply, enable_thinking=job.thinking, tools=job.tools)
             units: list[Unit] = []
@@ -246,12 +252,14 @@ class Engine:
             if prompt.n_pos >= self.n_ctx:
                 return 0
             start = self._rewind(prompt.keys + (None,))  # None: a key no prompt has, so all of it is kept
-            encoded = {
-                u.image: self.images.get((self.mmproj(job.mode).mode, u.image))
-                for u in units
-                if isinstance(u, ImageSpan)
-            }
-            self._prefill(prompt, start, set(), encoded)
+            for pos, unit in prompt.placed():
+                if pos + unit.n_pos > start and isinstance(unit, ImageSpan):
+                    return 0
+            tokens = prompt.keys[start:]
+            for i in range(0, len(tokens), _WARM_BATCH):
+                if wanted():
+                    return 0
+                self._decode_text(list(tokens[i : i + _WARM_BATCH]), logits=False)
             self.states.put(tuple(self.live), self.context.save_state())
             return prompt.n_pos - start
 

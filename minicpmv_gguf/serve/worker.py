@@ -64,6 +64,10 @@ class Worker:
             raise unavailable("the server is busy: too many requests are waiting; retry shortly") from None
         return ticket
 
+    def has_waiting(self) -> bool:
+        """Whether a request waits for the engine (spare-time work should stop)."""
+        return not self._queue.empty()
+
     def when_idle(self, task: Callable[[], object]) -> None:
         """Run `task` once nothing is waiting (it replaces an earlier one not yet run); requests come first."""
         self._idle = task
