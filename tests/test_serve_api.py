@@ -318,3 +318,17 @@ def test_binding_beyond_loopback_needs_a_key_or_an_explicit_flag(serve_files):
     r = run_cli("serve", serve_files.lm, "--host", "0.0.0.0", "--port", "1")
     assert r.returncode == 2 and "--api-key" in r.stderr and "--allow-insecure-bind" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_reply_is_warmed_in_spare_time_so_the_resent_conversation_costs_its_new_message(server, tiny_files):
+    import time
+
+    a = data_uri(tiny_files.image_b)
+    first = ask(server, [user("Warm this one.", a)]).choices[0].message.content
+    deadline = time.monotonic() + 10
+    while server.health()["busy"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the worker's spare-time task runs once nothing waits
+    again = ask(server, [user("Warm this one.", a), {"role": "assistant", "content": first}, user("Why?")])
+    new = again.usage.prompt_tokens - again.usage.prompt_tokens_details.cached_tokens
+    assert new <= 24, new  # "Why?", the turn markers and the generation prompt; not the reply

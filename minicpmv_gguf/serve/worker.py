@@ -18,6 +18,7 @@ from .errors import unavailable
 
 log = logging.getLogger(__name__)
 _END = object()
+_WAKE = object()  # a queue item that only wakes the worker for its spare-time task
 
 
 @dataclass(eq=False)
@@ -46,7 +47,7 @@ class Worker:
     """Runs tickets one at a time; at most `max_queued` wait, more are refused with 503."""
 
     def __init__(self, max_queued: int) -> None:
-        self._queue: queue.Queue[Ticket | None] = queue.Queue(maxsize=max_queued)
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queued)  # Tickets, _WAKE, or None to stop
         self._idle: Callable[[], object] | None = None  # the latest spare-time task; an older one is dropped
         self._thread = threading.Thread(target=self._loop, name="minicpmv-gguf-engine", daemon=True)
         self._thread.start()
@@ -54,7 +55,9 @@ class Worker:
 
     @property
     def waiting(self) -> int:
-        return self._queue.qsize()
+        """Requests waiting for the engine."""
+        with self._queue.mutex:
+            return sum(isinstance(item, Ticket) for item in self._queue.queue)
 
     def submit(self, run: Callable[[threading.Event], Iterator]) -> Ticket:
         ticket = Ticket(run, asyncio.get_running_loop())
@@ -66,11 +69,15 @@ class Worker:
 
     def has_waiting(self) -> bool:
         """Whether a request waits for the engine (spare-time work should stop)."""
-        return not self._queue.empty()
+        return self.waiting > 0
 
     def when_idle(self, task: Callable[[], object]) -> None:
         """Run `task` once nothing is waiting (it replaces an earlier one not yet run); requests come first."""
         self._idle = task
+        try:
+            self._queue.put_nowait(_WAKE)  # the worker may be asleep in get(): wake it to run the task
+        except queue.Full:
+            pass  # requests are waiting: they come first anyway
 
     def stop(self) -> None:
         self._queue.put(None)
@@ -98,7 +105,9 @@ class Worker:
         """The next ticket; while none is waiting, the spare-time task runs first."""
         while True:
             try:
-                return self._queue.get(timeout=0.01) if self._idle else self._queue.get()
+                item = self._queue.get(timeout=0.01) if self._idle else self._queue.get()
+                if item is not _WAKE:
+                    return item
             except queue.Empty:
                 task, self._idle = self._idle, None
                 if task is not None:
