@@ -45,9 +45,9 @@ class Picture:
 
 
 def pixel_digest(rgb: np.ndarray) -> str:
-    """sha256 of a uint8 RGB array's shape and bytes."""
+    """sha256 of the shape and the pixels: equal for equal images, whatever file or object they came from."""
     h = hashlib.sha256(repr(rgb.shape).encode())
-    h.update(np.ascontiguousarray(rgb).data)
+    h.update(np.ascontiguousarray(rgb, dtype=np.uint8).data)
     return h.hexdigest()
 
 
@@ -69,10 +69,10 @@ def load_image(src: ImageSource) -> Picture:
             raise InputError(f"an image array must be uint8 [height, width, 3], got {src.dtype} {list(src.shape)}")
         return Picture(np.ascontiguousarray(src), "array")
     if isinstance(src, Image.Image):
-        return Picture(_to_rgb(src), "image")
+        return Picture(to_rgb(src), "image")
     path = Path(src)
     with _open_image(path) as img:
-        return Picture(_to_rgb(_oriented(img)), str(path))
+        return Picture(to_rgb(_oriented(img)), str(path))
 
 
 def _open_image(path: Path):
@@ -99,7 +99,7 @@ def _oriented(img):
     return ImageOps.exif_transpose(img) or img
 
 
-def _to_rgb(img) -> np.ndarray:
+def to_rgb(img) -> np.ndarray:
     """uint8 RGB; transparency is composited onto white (transformers' convert_to_rgb)."""
     from PIL import Image
 
@@ -117,15 +117,20 @@ def fit_within(picture: Picture, side: int) -> Picture:
     Video frames are fitted into the mmproj's slice size so that libmtmd encodes each frame as one
     overview without slices, like the processor's `max_slice_nums=1` for video.
     """
+    rgb = fit_rgb_within(picture.rgb, side)
+    return picture if rgb is picture.rgb else Picture(rgb, picture.source)
+
+
+def fit_rgb_within(rgb: np.ndarray, side: int) -> np.ndarray:
+    """uint8 RGB [h, w, 3] downscaled (bicubic, aspect kept) to fit a side x side box; the same array if it fits."""
     from PIL import Image
 
-    w, h = picture.size
+    h, w = rgb.shape[:2]
     if max(w, h) <= side:
-        return picture
+        return rgb
     scale = side / max(w, h)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    resized = Image.fromarray(picture.rgb).resize(size, Image.BICUBIC)
-    return Picture(np.asarray(resized), picture.source)
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.BICUBIC))
 
 
 def frame_times(duration: float, max_frames: int, fps: float = 1.0) -> list[float]:
@@ -191,7 +196,7 @@ def _pillow_frames(img, path: Path, max_frames: int) -> list[Picture]:
     out = []
     for i in picked:
         img.seek(i)
-        out.append(Picture(_to_rgb(img), f"{path}#{i}"))
+        out.append(Picture(to_rgb(img), f"{path}#{i}"))
     return out
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import io
 import os
 import re
@@ -25,7 +24,20 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
+from ..runtime.media import fit_rgb_within as fit_within
+from ..runtime.media import pixel_digest, to_rgb
 from .errors import ServeError
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "ImagePolicy",
+    "ResolvedImage",
+    "decode_image",
+    "fit_within",
+    "pixel_digest",
+    "resolve_image",
+]
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024  # llama-server's cap on downloaded media
@@ -215,30 +227,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
 
 
 def _to_rgb(img) -> np.ndarray:
-    from PIL import Image
-
-    if img.width < 1 or img.height < 1:
-        raise _bad("the image is empty (0 pixels wide or high)")
-    if "A" in img.getbands() or img.info.get("transparency") is not None:
-        rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
-
-
-def fit_within(rgb: np.ndarray, side: int) -> np.ndarray:
-    """Downscaled (bicubic, aspect kept) to fit a side x side square; unchanged if it already fits."""
-    from PIL import Image
-
-    height, width = rgb.shape[:2]
-    if max(width, height) <= side:
-        return rgb
-    scale = side / max(width, height)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.asarray(Image.fromarray(rgb).resize(size, Image.BICUBIC))
-
-
-def pixel_digest(rgb: np.ndarray) -> str:
-    """sha256 of the shape and the pixels: equal for equal images, whatever file they came from."""
-    digest = hashlib.sha256(f"{rgb.shape[0]}x{rgb.shape[1]}x{rgb.shape[2]}:".encode())
-    digest.update(np.ascontiguousarray(rgb, dtype=np.uint8).tobytes())
-    return digest.hexdigest()
+    try:
+        return to_rgb(img)
+    except InputError as err:  # an empty image
+        raise _bad("the image is empty (0 pixels wide or high)") from err
