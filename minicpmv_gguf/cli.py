@@ -25,6 +25,7 @@ class _Group(click.Group):
             raise click.ClickException("out of memory (free some, or check the input for huge declared sizes)") from err
 
 
+# tensor_plan.MMPROJ_OUTTYPES, named here so that `--help` needs no numpy (tests/test_package.py pins them equal)
 MMPROJ_OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl", "q6_k", "q5_k", "q4_k")
 MMPROJ_TYPE_HELP = (
     "The mmproj's weight type. f16 (default) stays the default until a trained tiny VLM can show what "
@@ -32,6 +33,13 @@ MMPROJ_TYPE_HELP = (
     "q4_0/iq4_nl (0.99, the least memory) are the low-memory settings; bf16 encodes faster with AVX-512 "
     "BF16. Block types zero-pad the MLP width (exact). Measurements: benchmarks/results/vision_quant_full.md."
 )
+
+
+def _mmproj_outtype_option(flag: str):
+    """The mmproj weight type: one option for `mmproj --outtype` and `build --mmproj-outtype`."""
+    return click.option(
+        flag, type=click.Choice(["auto", *MMPROJ_OUTTYPES]), default="f16", show_default=True, help=MMPROJ_TYPE_HELP
+    )
 
 
 def _lora_options(command):
@@ -141,13 +149,7 @@ def convert(
     show_default=True,
     help="Visual-token compression: 16x (fewer tokens, faster) or 4x (fine detail).",
 )
-@click.option(
-    "--outtype",
-    type=click.Choice(["auto", *MMPROJ_OUTTYPES]),
-    default="f16",
-    show_default=True,
-    help=MMPROJ_TYPE_HELP,
-)
+@_mmproj_outtype_option("--outtype")
 @click.option("--dry-run", is_flag=True, help="Print the tensor plan; write nothing.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @_lora_options
@@ -538,15 +540,9 @@ def chat(stats: bool, **opts) -> None:
     show_default=True,
     help="The unquantized LM GGUF that is quantized (auto: the checkpoint's own float type).",
 )
-@click.option(
-    "--mmproj-outtype",
-    type=click.Choice(["auto", *MMPROJ_OUTTYPES]),
-    default="f16",
-    show_default=True,
-    help=MMPROJ_TYPE_HELP,
-)
+@_mmproj_outtype_option("--mmproj-outtype")
 @click.option("--keep-unquantized", is_flag=True, help="Keep the unquantized LM GGUF (for verify, imatrix, eval).")
-@click.option("--name", default="minicpm-v4.6", show_default=True, help="The Ollama model name.")
+@click.option("--name", default=spec.MODEL_ID, show_default=True, help="The Ollama model name.")
 @click.option("--no-ollama", is_flag=True, help="Write no Ollama package.")
 @click.option("--revision", help="A hub branch, tag or commit (for a repo id).")
 @click.option("--threads", type=click.IntRange(min=1), help="Quantizer threads (default: all cores).")

@@ -64,3 +64,10 @@ def test_the_pipeline_is_the_package_api():
     for name in ("convert_lm", "convert_mmproj", "quantize_lm", "build", "open_model", "package_ollama"):
         assert callable(getattr(minicpmv_gguf, name)), name
         assert name in minicpmv_gguf.__doc__
+
+
+def test_the_cli_offers_the_mmproj_types_the_converter_writes():
+    from minicpmv_gguf.cli import MMPROJ_OUTTYPES
+    from minicpmv_gguf.tensor_plan import MMPROJ_OUTTYPES as LIBRARY
+
+    assert MMPROJ_OUTTYPES == tuple(LIBRARY)

@@ -23,6 +23,7 @@ from ..ollama import DEFAULT_NAME, package_ollama
 from ..ollama.modelfile import _NAME as OLLAMA_NAME
 from ..quantize.quantize import NEEDS_IMATRIX, resolve_type
 from ..runtime.headers import gguf_problems
+from ..tensor_plan import MMPROJ_OUTTYPES as MMPROJ_TYPES
 from . import manifest as mf
 from .progress import Progress, StageLog
 from .quantize_proc import quantize_in_child
@@ -33,21 +34,7 @@ from .workdir import BuildLock, check_out_dir, clean_partials, has_content, refu
 
 FLOAT_QUANTS = {"F32": "f32", "F16": "f16", "BF16": "bf16"}  # --quant values that need no quantizer
 LM_OUTTYPES = ("auto", "f32", "f16", "bf16")
-MMPROJ_OUTTYPES = (
-    "auto",
-    "f32",
-    "f16",
-    "bf16",
-    "q8_0",
-    "q5_1",
-    "q5_0",
-    "q4_1",
-    "q4_0",
-    "iq4_nl",
-    "q6_k",
-    "q5_k",
-    "q4_k",
-)
+MMPROJ_OUTTYPES = ("auto", *MMPROJ_TYPES)
 PACKAGE = "ollama"
 
 

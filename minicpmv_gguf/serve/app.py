@@ -9,6 +9,7 @@ Requests run one at a time on the engine's thread; the rest wait in a bounded qu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -185,7 +186,7 @@ def _job(task: ChatTask, engine: Engine, mmprojs: dict, policy: ImagePolicy) -> 
     if task.images and not mmprojs:
         raise ServeError(400, "this server has no mmproj: start it with --mmproj to send images", param="messages")
     side = engine.mmproj(mode).image_size if task.images else policy.low_detail_side
-    policy = ImagePolicy(**{**policy.__dict__, "low_detail_side": side})
+    policy = dataclasses.replace(policy, low_detail_side=side)
     pictures = tuple(Picture(resolve_image(ref.url, ref.detail, policy).rgb, "request") for ref in task.images)
     s = task.sampling
     try:
@@ -227,14 +228,13 @@ def _prepare_ref(body: bytes) -> ChatTask:
 def _encode_all(engine: Engine, job: Job):
     """The worker's job for /v1/images/prepare: encode (or find) each picture; one summary dict."""
     t0 = time.perf_counter()
-    hits = [engine.images.get((engine.mmproj(job.mode).mode, p.digest)) is not None for p in job.pictures]
-    encoded = [engine.encode(p, job.mode) for p in job.pictures]
+    encoded, new = zip(*(engine.encode(p, job.mode) for p in job.pictures)) if job.pictures else ((), ())
     yield {
         "object": "image.prepared",
         "mode": engine.mmproj(job.mode).mode,
         "images": [
-            {"id": p.digest, "tokens": e.layout.image_positions, "cached": hit}
-            for p, e, hit in zip(job.pictures, encoded, hits)
+            {"id": p.digest, "tokens": e.layout.image_positions, "cached": not fresh}
+            for p, e, fresh in zip(job.pictures, encoded, new)
         ],
         "encode_ms": (time.perf_counter() - t0) * 1e3,
     }

@@ -127,12 +127,13 @@ class Engine:
             raise InputError(f"no {mode} mmproj is loaded" if mode else "images need an mmproj; none is loaded")
         return self.mmprojs[mode]
 
-    def encode(self, picture: Picture, mode: str | None) -> EncodedImage:
-        """The picture's units and embeddings, from the cache or encoded now (and cached)."""
+    def encode(self, picture: Picture, mode: str | None) -> tuple[EncodedImage, bool]:
+        """(the picture's units and embeddings, whether they were encoded now): from the cache, or encoded
+        now and cached."""
         header = self.mmproj(mode)
         key = (header.mode, picture.digest)
         if (hit := self.images.get(key)) is not None:
-            return hit
+            return hit, False
         t0 = time.perf_counter()
         vision = self._visions.get(header.mode)
         if vision is None:
@@ -145,7 +146,7 @@ class Engine:
         finally:
             media.close()
         self.images.put(key, encoded, encoded.nbytes)
-        return encoded
+        return encoded, True
 
     def prompt(self, job: Job) -> tuple[Prompt, list[int], dict[str, EncodedImage], float, int]:
         """(the prompt, the positions right after each picture, its pictures by digest, encode s, encoded)."""
@@ -156,9 +157,9 @@ class Engine:
             if isinstance(seg, str):
                 units.append(TextRun(tuple(self.lm.tokenize(seg))))
                 continue
-            cached = self.images.get((self.mmproj(job.mode).mode, seg.digest)) is not None
-            image = encoded[seg.digest] = self.encode(seg, job.mode)
-            if not cached:
+            image, new = self.encode(seg, job.mode)
+            encoded[seg.digest] = image
+            if new:
                 encode_s, n_encoded = encode_s + image.encode_s, n_encoded + 1
             units += image.layout.units
             image_ends.append(sum(u.n_pos for u in units))
