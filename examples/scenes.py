@@ -3,6 +3,7 @@
 A scene is drawn from its seed alone (numpy's PCG64 and Pillow's own font), so the training set, the
 held-out set and the demo image are the same on every machine. Each question has one short answer.
 Pure functions; imported by examples/train_tiny_vlm.py, benchmarks/bench_vision_quant.py and the tests.
+`python examples/scenes.py SEED OUT.png` writes one scene and prints its questions and answers.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def render(scene: Scene):
     half = SIZE // 2
     for item in scene.items:
         col, row = PLACES.index(item.place) % 2, PLACES.index(item.place) // 2
-        r = int(rng.integers(22, 40))  # half the shape's size
+        r = int(rng.integers(32, 48))  # half the shape's size
         cx = col * half + int(rng.integers(r + 4, half - r - 4 + 1))
         cy = row * half + int(rng.integers(r + 4, half - r - 4 + 1))
         fill = COLOURS[item.colour]
@@ -77,6 +78,13 @@ def render(scene: Scene):
         y = row * half + int(rng.integers(8, half - 30))
         draw.text((x, y), scene.word.upper(), fill=(0, 0, 0), font=font)
     return img
+
+
+def blank():
+    """A plain background with nothing on it: what the answer prior scores."""
+    from PIL import Image
+
+    return Image.new("RGB", (SIZE, SIZE), (240, 240, 240))
 
 
 def questions(scene: Scene) -> list[tuple[str, str]]:
@@ -119,3 +127,21 @@ def corpus() -> list[str]:
 def answer_matches(reply: str, answer: str) -> bool:
     """Exact match after trimming whitespace, case and a final full stop."""
     return reply.strip().rstrip(".").strip().lower() == answer
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Write one scene's image and print every question it answers, with the answer."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("seed", type=int)
+    parser.add_argument("out", help="the PNG to write")
+    args = parser.parse_args(argv)
+    scene = make_scene(args.seed)
+    render(scene).save(args.out)
+    for q, a in questions(scene):
+        print(f"{q}\t{a}")
+
+
+if __name__ == "__main__":
+    main()
