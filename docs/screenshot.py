@@ -1,10 +1,11 @@
 """Take the chat page's screenshots for the README: `serve` on the given GGUFs, the page in Debian's
-Chromium (Playwright drives it), a question about examples/house.png and a follow-up.
+Chromium (Playwright drives it), a question about examples/scene.png and a follow-up.
 
-    python docs/screenshot.py demo-out/lm-F32.gguf --mmproj demo-out/mmproj-16x.gguf --mmproj demo-out/mmproj-4x.gguf
+    python docs/screenshot.py demo-out/lm-Q4_K_M.gguf --mmproj demo-out/mmproj-16x.gguf
 
 writes docs/chat-page.png (1280 x 800, light) and docs/chat-page-phone.png (390 x 844, dark). The repository's
-small trained model (`minicpmv-gguf build examples/minicpmv46-tiny-trained`) writes pydoc-like text.
+small trained vision-language model (`bash scripts/demo.sh` builds examples/minicpmv46-tiny-vlm into
+demo-out/) answers questions about generated scenes like that one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-QUESTIONS = ["What is in the picture?", "Which Python module would draw it?"]
+QUESTIONS = ["How many shapes are there?", "What word is written?"]
 
 
 def free_port() -> int:
@@ -54,7 +55,7 @@ def shoot(browser, url: str, out: Path, width: int, height: int, scheme: str, ma
         ),
     )
     page.goto(url + "/")
-    page.set_input_files("#file", str(ROOT / "examples" / "house.png"))
+    page.set_input_files("#file", str(ROOT / "examples" / "scene.png"))
     page.wait_for_selector(".thumb .mark.ready", timeout=60_000)
     for i, question in enumerate(QUESTIONS):
         page.fill("#input", question)
@@ -69,7 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("lm")
     parser.add_argument("--mmproj", action="append", default=[], required=True)
-    parser.add_argument("--max-tokens", type=int, default=60)
+    parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright

@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> None:
         help="time budget: the cosine ends at the steps or at this many minutes, whichever is first",
     )
     args = parser.parse_args(argv)
+    first, last = args.seed * 100_000, args.seed * 100_000 + args.steps * args.batch
+    if first < scenes.HELD_OUT_SEED + args.eval and last > scenes.HELD_OUT_SEED:
+        parser.error(f"--seed {args.seed}: its training scenes would include held-out ones; use 11 or more")
     if args.out.exists() and any(args.out.iterdir()):
         parser.error(f"{args.out} is not empty; give a new or empty directory")
 

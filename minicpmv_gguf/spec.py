@@ -11,6 +11,10 @@ MODES = {"16x": 4, "4x": 2}
 MODE_BY_SCALE = {scale: mode for mode, scale in MODES.items()}
 DEFAULT_MODE = "16x"  # 4x fewer visual tokens than 4x mode, so faster; 4x is for small text and fine detail
 DETAIL_MODES = {"normal": "16x", "high": "4x"}  # the runtime's and the server's `detail` -> mmproj mode
+# The mmproj type `build` writes: the least memory for the same answers (benchmarks/results/vision_quant_*.md;
+# README "Speed and memory" says what it costs in time). `mmproj` alone defaults to the lossless F16.
+BUILD_MMPROJ_TYPE = "q4_0"
+MMPROJ_TYPE = "f16"
 
 # What libmtmd's minicpmv4_6 graph hardcodes: a 70x70 position table, 2x2 windows and 2x2 merges.
 POSITION_GRID = 70

@@ -14,7 +14,7 @@ import pytest
 # The runtime fixtures (tiny_files, bad_files) live beside the cases that use them.
 pytest_plugins = ["tests.runtime_cases", "tests.serve_cases"]
 
-TORCH_FIXTURES = {"tiny_ckpt", "tiny_ckpt_vheads", "tiny_ckpt_bf16", "tiny_ckpt_kquant"}
+TORCH_FIXTURES = {"tiny_ckpt", "tiny_ckpt_vheads", "tiny_ckpt_bf16", "tiny_ckpt_kquant", "ckpt100"}
 TORCH_MODULES = ("torch", "transformers")
 _no_slow_selected = pytest.StashKey[bool]()
 

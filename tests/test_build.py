@@ -96,7 +96,7 @@ def test_build_writes_what_the_manifest_lists(built, tiny_ckpt_kquant):
         "qwen35",
         "Q4_K_M",
         "clip",
-        "F16",
+        "Q4_0",  # build's mmproj default (spec.BUILD_MMPROJ_TYPE)
     )
     assert {"Q4_K", "Q6_K", "F32"} <= set(lm["tensor_types"])
     # The package links the build's GGUFs (one copy on disk) and passes Ollama's rules.

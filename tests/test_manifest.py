@@ -22,7 +22,9 @@ from tests.helpers import run_cli, tree_digest
 from tests.test_build import snapshot, statuses
 
 V010 = Path(__file__).parent / "data" / "manifest-0.1.0.json"
-V010_OPTIONS = dict(modes=("16x", "4x"), keep_unquantized=True)  # what the 0.1.0 build was asked for
+V010_OPTIONS = dict(
+    modes=("16x", "4x"), keep_unquantized=True, mmproj_outtype="f16"
+)  # what 0.1.0 was asked for (its default mmproj type)
 
 
 def sha256(path: Path) -> str:

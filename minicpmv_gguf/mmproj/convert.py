@@ -18,7 +18,7 @@ from ..errors import CheckpointError, ToolkitError
 from ..general_metadata import general_kvs
 from ..gguf_io import Progress, TensorOut, check_output, write_gguf
 from ..lora import Adapter, attach, lora_kvs, prepare
-from ..spec import DEFAULT_MODE, MODES
+from ..spec import DEFAULT_MODE, MMPROJ_TYPE, MODES
 from ..tensor_plan import (
     FILE_TYPES,
     K_FALLBACK,
@@ -83,7 +83,7 @@ def plan_mmproj(
     checkpoint: Path,
     *,
     mode: str = DEFAULT_MODE,
-    outtype: str = "f16",
+    outtype: str = MMPROJ_TYPE,
     pad_mlp_to: int | None = None,
     loras: Sequence[Adapter] = (),
 ) -> MMProjPlan:
@@ -187,7 +187,7 @@ def convert_mmproj(
     out: Path,
     *,
     mode: str = DEFAULT_MODE,
-    outtype: str = "f16",
+    outtype: str = MMPROJ_TYPE,
     overwrite: bool = False,
     progress: Progress | None = None,
     loras: Sequence[Adapter] = (),

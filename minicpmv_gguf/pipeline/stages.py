@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .. import spec
 from ..checkpoint import open_checkpoint
 from ..convert_hf_to_gguf import plan_lm, write_lm
 from ..errors import OllamaError, OptionError, OutputError, QuantizeError
@@ -45,7 +46,7 @@ def build(
     quant: str = "Q4_K_M",
     modes: tuple[str, ...] = ("16x",),
     lm_outtype: str = "auto",
-    mmproj_outtype: str = "f16",
+    mmproj_outtype: str = spec.BUILD_MMPROJ_TYPE,
     keep_unquantized: bool = False,
     ollama: bool = True,
     ollama_name: str = DEFAULT_NAME,

@@ -41,7 +41,7 @@ MMPROJ = {"F32": (0.9999, 1e-5), "F16": (0.99999, 1e-5), "BF16": (0.999, 1e-3), 
 # chunk and seven), about 3-4x the worst NMSE measured: q6_k 0.99823 / 2.5e-3, q5_1 0.9878 / 1.7e-2,
 # q5_0 0.9873 / 1.7e-2, q5_k 0.9897 / 1.5e-2, q4_k 0.9687 / 3.8e-2, iq4_nl 0.9604 / 6.6e-2,
 # q4_1 0.9427 / 7.5e-2, q4_0 0.9477 / 7.7e-2. Random weights at width 64 are the hard case: on the trained
-# model's tower the same types cost far less (benchmarks/results/vision_quant.md).
+# model's tower the same types cost far less (benchmarks/results/vision_quant_tiny.md: Q4_0 0.988 worst).
 MMPROJ.update(
     {
         "Q6_K": (0.99, 1e-2),
