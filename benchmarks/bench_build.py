@@ -9,7 +9,7 @@ Rows, each in its own process under `/usr/bin/time -v`, baseline first:
   * baseline quantize: llama.cpp's quantizer (llama_model_quantize through llama-cpp-python, the
                        library our build calls too) to --quant, 2 threads
   * baseline mmproj:   convert_hf_to_gguf.py --mmproj --outtype f16
-  * ours build:        minicpmv-gguf build CHECKPOINT -o DIR (defaults: Q4_K_M, 16x F16 mmproj, Ollama
+  * ours build:        minicpmv-gguf build CHECKPOINT -o DIR --mmproj-outtype f16 (as the baseline; Q4_K_M, Ollama
                        package, manifest with sha256 of every file) into an empty directory
   * ours build again:  the same command on the finished directory (every stage verified and skipped)
 
@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         str(work / "ours"),
         "--quant",
         args.quant,
+        "--mmproj-outtype",
+        "f16",  # the baseline's type, not build's default
     ]
     rows.append(run_row("ours build", build, work / "ours-build.log", env))
     # "[2/5] convert: done in 4.5 s (...)": the build's own per-stage times (hashing its outputs included)
