@@ -91,7 +91,7 @@ def tiny(n: int, n_embed: int, threads: int) -> list[dict]:
                     "mode": mode,
                     "type": t,
                     "bytes": mm.stat().st_size,
-                    "accuracy": sum(scenes.answer_matches(g, a) for g, (_, _, a) in zip(got, held)) / n,
+                    "accuracy": share_right(got, held),
                     "same_as_f32": sum(g == r for g, r in zip(got, ref_answers)) / n,
                     "min_cos": min(float(cosine_rows(e, r).min()) for e, r in zip(emb, ref_emb)),
                     "nmse": sum(nmse(e, r) for e, r in zip(emb, ref_emb)) / len(emb),
@@ -99,7 +99,7 @@ def tiny(n: int, n_embed: int, threads: int) -> list[dict]:
                 }
                 if t == "f32":  # the answer prior: the same questions about a blank image
                     got = answers(lm, mm, held, threads, blank)
-                    row["blank_accuracy"] = sum(scenes.answer_matches(g, a) for g, (_, _, a) in zip(got, held)) / n
+                    row["blank_accuracy"] = share_right(got, held)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
         rows += default_build(Path(tmp) / "build", held, threads)
@@ -108,7 +108,6 @@ def tiny(n: int, n_embed: int, threads: int) -> list[dict]:
 
 def default_build(out: Path, held, threads: int) -> list[dict]:
     """What `build` writes by default (Q4_K_M LM, the default mmproj type), both modes: the demo's files."""
-    import scenes
 
     from minicpmv_gguf.pipeline import build
 
@@ -122,11 +121,17 @@ def default_build(out: Path, held, threads: int) -> list[dict]:
             "mode": mode,
             "type": "build default",
             "bytes": mm.stat().st_size + lm.stat().st_size,
-            "accuracy": sum(scenes.answer_matches(g, a) for g, (_, _, a) in zip(got, held)) / len(held),
+            "accuracy": share_right(got, held),
         }
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
+
+
+def share_right(replies: list[str], samples) -> float:
+    import scenes
+
+    return sum(scenes.answer_matches(r, a) for r, (_, _, a) in zip(replies, samples)) / len(samples)
 
 
 def blank(_scene):
@@ -137,13 +142,11 @@ def blank(_scene):
 
 def full_worker(spec: dict) -> dict:
     import llama_cpp
-    import numpy as np
+    from bench_encode import make_image, worker_hf
 
     from minicpmv_gguf.runtime import GREEDY, open_model
 
     if spec["engine"] == "transformers":
-        from bench_encode import worker_hf
-
         res = worker_hf(
             {
                 "ckpt": spec["ckpt"],
@@ -156,7 +159,7 @@ def full_worker(spec: dict) -> dict:
         return {"encode_s": median(res["times_s"]), "turn_peak_rss_gb": res["peak_rss_gb"]}
     avx512 = b"AVX512 = 1" in llama_cpp.llama_print_system_info()
 
-    img = np.random.default_rng(0).integers(0, 256, size=(448, 448, 3), dtype=np.uint8)
+    img = make_image()  # bench_encode's seeded 448x448 image, so both benchmarks encode the same pixels
     model = open_model(spec["lm"], [spec["mmproj"]], threads=spec["threads"])
     with model.chat(n_ctx=4096, sampling=GREEDY, max_tokens=1) as first:  # default settings: mmproj freed
         cold = first.send("What is in the picture?", images=[img]).timings

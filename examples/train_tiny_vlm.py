@@ -89,11 +89,11 @@ def prompt_text(processor, question: str) -> str:
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def encode_batch(processor, samples, mode: str):
+def encode_batch(processor, samples, mode: str, render=scenes.render):
     """Processor inputs for (scene, question, answer) samples, labels on the answer and <|im_end|> only."""
     tok = processor.tokenizer
     texts = [prompt_text(processor, q) + a + "<|im_end|>" for _, q, a in samples]
-    images = [[scenes.render(s)] for s, _, _ in samples]
+    images = [[render(s)] for s, _, _ in samples]
     inputs = processor(text=texts, images=images, downsample_mode=mode, padding=True, return_tensors="pt")
     labels = inputs["input_ids"].clone()
     labels[:] = -100
@@ -114,14 +114,14 @@ def forward(model, inputs, labels, mode: str):
     )
 
 
-def accuracy(model, processor, samples, mode: str, batch: int) -> list[bool]:
+def accuracy(model, processor, samples, mode: str, batch: int, render=scenes.render) -> list[bool]:
     """Per sample: every answer token (and <|im_end|>) is the argmax given the ones before it."""
     import torch
 
     right = []
     with torch.no_grad():
         for i in range(0, len(samples), batch):
-            inputs, labels = encode_batch(processor, samples[i : i + batch], mode)
+            inputs, labels = encode_batch(processor, samples[i : i + batch], mode, render)
             logits = forward(model, inputs, labels, mode).logits
             pred, gold = logits[:, :-1].argmax(-1), labels[:, 1:]
             mask = gold != -100
@@ -263,15 +263,10 @@ def main(argv: list[str] | None = None) -> None:
         acc[mode] = sum(right) / len(right)
         for (_, q, _), ok in zip(held, right):
             kinds.setdefault((mode, q.split(" the ")[0].split(" are")[0]), []).append(ok)
-    blank = {}
-    render = scenes.render
-    scenes.render = lambda _scene: scenes.blank()
-    try:
-        for mode in ("16x", "4x"):
-            right = accuracy(model, processor, held, mode, args.batch)
-            blank[mode] = sum(right) / len(right)
-    finally:
-        scenes.render = render
+    blank = {}  # the answer prior: the same questions about a blank image
+    for mode in ("16x", "4x"):
+        right = accuracy(model, processor, held, mode, args.batch, render=lambda _scene: scenes.blank())
+        blank[mode] = sum(right) / len(right)
     kind_text = "; ".join(f"{k[1]} ({k[0]}) {sum(v)}/{len(v)}" for k, v in sorted(kinds.items()))
     print(f"trained {done} steps in {minutes:.1f} min; held-out accuracy 16x {acc['16x']:.3f}, 4x {acc['4x']:.3f}")
     print(f"blank image: 16x {blank['16x']:.3f}, 4x {blank['4x']:.3f}")
